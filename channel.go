@@ -1,0 +1,421 @@
+//go:build linux
+
+// Package channel sends JSON values and open files between processes over
+// one end of an anonymous AF_UNIX SOCK_SEQPACKET socketpair.
+//
+// # Wire format
+//
+// Each value is one message: an 8-byte little-endian length, then the JSON,
+// in one datagram, with the message's files (SCM_RIGHTS) on that datagram.
+// This is the framing of the Rust crates wormhole-rs and tiny-nix-ipc, so Go
+// and Rust processes can talk. A value too large for one datagram continues
+// in datagrams of JSON bytes only. The JSON of one value is at most 64 MiB.
+// frame.go and the README give the exact rules.
+//
+// # Who owns which descriptor
+//
+// A Conn owns its socket; Close closes it. Files passed to SendWithFds stay
+// the caller's: the kernel duplicates them into the message and the caller
+// closes its own copies when it likes. Files returned by RecvWithFds are the
+// caller's to close. FileConn and File duplicate, so each side closes its own.
+//
+// # Linux only, and re-exec instead of fork
+//
+// The package uses Linux's SOCK_SEQPACKET, SCM_RIGHTS and /proc/self/exe.
+// Go cannot fork a running program safely (go.dev/issue/27505): only the
+// forking thread survives in the child, while the runtime's other threads
+// may hold its locks. Command and Start therefore start the program's own
+// binary again with the other end of a pair inherited, and Dispatch runs the
+// function registered for it under Register.
+package channel
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one end of a channel. All its methods may be called from many
+// goroutines at once: each message is sent, and received, whole, and the
+// datagrams of concurrent messages never interleave.
+type Conn struct {
+	uc     *net.UnixConn
+	closed atomic.Bool
+
+	// smu is held for a whole message sent; it guards the fields below.
+	smu   sync.Mutex
+	sop   *sysop
+	sbuf  bytes.Buffer // header and JSON of the message being sent
+	enc   *json.Encoder
+	soob  []byte
+	dgram int   // largest datagram to send: SO_SNDBUF-32, halved on EMSGSIZE
+	serr  error // set once a message was cut short: the send side is broken
+
+	// rmu is held for a whole message received; it guards the fields below.
+	rmu  sync.Mutex
+	rop  *sysop
+	rbuf []byte // the first datagram of a message; allocated on first use
+	rlen int    // len(rbuf): SO_SNDBUF when the Conn was made
+	msg  []byte // a message of several datagrams, being reassembled
+	have int    // bytes of msg received so far; msg == nil when none is due
+	fds  []int  // fds of the message being received, not yet handed out
+	ferr error  // an error about fds, returned once the message is whole
+	rerr error  // set on a protocol error: the receive side is broken
+}
+
+// Pair returns the two ends of a new channel. Each end is close-on-exec and
+// non-blocking, driven by the Go runtime poller.
+func Pair() (*Conn, *Conn, error) {
+	f0, f1, err := socketpair()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f0.Close()
+	defer f1.Close()
+	c0, err := FileConn(f0)
+	if err != nil {
+		return nil, nil, err
+	}
+	c1, err := FileConn(f1)
+	if err != nil {
+		c0.Close()
+		return nil, nil, err
+	}
+	return c0, c1, nil
+}
+
+func socketpair() (*os.File, *os.File, error) {
+	// CLOEXEC: a child started elsewhere meanwhile must not inherit an end.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("channel: %w", os.NewSyscallError("socketpair", err))
+	}
+	return os.NewFile(uintptr(fds[0]), "channel"), os.NewFile(uintptr(fds[1]), "channel"), nil
+}
+
+// FileConn returns a Conn on a duplicate of f, which must be a connected
+// AF_UNIX SOCK_SEQPACKET socket, such as the other end of a Pair received
+// with RecvWithFds or inherited by a child. The duplicate is close-on-exec
+// and non-blocking; the caller still closes f.
+//
+// Datagrams of up to f's SO_SNDBUF bytes are accepted, as read now: on one
+// machine this is at least what a peer with default settings sends.
+func FileConn(f *os.File) (*Conn, error) {
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return nil, errors.New("channel: not an AF_UNIX socket")
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	var typ, sndbuf int
+	cerr := rc.Control(func(fd uintptr) {
+		if typ, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+			return
+		}
+		if sndbuf, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+			return
+		}
+		_, err = unix.Getpeername(int(fd))
+	})
+	switch {
+	case cerr != nil:
+		err = cerr
+	case err == nil && typ != unix.SOCK_SEQPACKET:
+		err = errors.New("not a SOCK_SEQPACKET socket")
+	}
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	c := &Conn{uc: uc, sop: newSendOp(rc), rop: newRecvOp(rc), rlen: sndbuf}
+	// A datagram must fit the send buffer less 32 bytes (EMSGSIZE otherwise).
+	c.dgram = max(sndbuf-32, minDgram)
+	c.enc = json.NewEncoder(&c.sbuf)
+	c.enc.SetEscapeHTML(false)
+	return c, nil
+}
+
+// minDgram is the smallest datagram Send falls back to on EMSGSIZE.
+const minDgram = 1024
+
+// File returns a duplicate of c's socket, for example to send this end of a
+// channel to another process with SendWithFds. Closing either does not
+// affect the other, but both read and write the same socket: use one.
+func (c *Conn) File() (*os.File, error) {
+	f, err := c.uc.File()
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	return f, nil
+}
+
+// Send sends v, encoded with encoding/json, as one message. It blocks until
+// the kernel has taken the whole message, which waits while the peer's
+// receive queue is full; a write deadline bounds the wait.
+//
+// An error from encoding/json, or a value whose JSON is over 64 MiB, is
+// returned before anything is written. If a message of several datagrams
+// fails part-way (deadline, Close, peer gone), the send side is broken and
+// every later Send returns an error, so the peer never sees half a value
+// followed by another.
+func (c *Conn) Send(v any) error {
+	return c.send(v, nil)
+}
+
+// SendWithFds is like Send but passes files along with v, 0 to 253 of them.
+// The files stay the caller's: SendWithFds neither closes them nor calls
+// their Fd method, and it keeps them alive until the kernel has them. The
+// peer receives duplicates, in order, from RecvWithFds.
+func (c *Conn) SendWithFds(v any, files ...*os.File) error {
+	if len(files) > maxFds {
+		return fmt.Errorf("channel: %d files are more than the %d one message may carry", len(files), maxFds)
+	}
+	return c.send(v, files)
+}
+
+func (c *Conn) send(v any, files []*os.File) error {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if c.closed.Load() {
+		return closedErr("sendmsg")
+	}
+	if c.serr != nil {
+		return c.serr
+	}
+	var hdr [headerLen]byte
+	c.sbuf.Reset()
+	c.sbuf.Write(hdr[:])
+	if err := c.enc.Encode(v); err != nil {
+		return fmt.Errorf("channel: %w", err)
+	}
+	b := c.sbuf.Bytes()
+	b = b[:len(b)-1] // Encode ends the value with a newline
+	if n := len(b) - headerLen; n > maxLen {
+		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", n, maxLen)
+	}
+	putHeader(b, len(b)-headerLen)
+	oob, err := putRights(c.soob, files)
+	if err != nil {
+		return err
+	}
+	c.soob = oob[:0]
+	for off := 0; off < len(b); {
+		end := min(len(b), off+c.dgram)
+		err := c.sop.send(b[off:end], oob)
+		if errors.Is(err, unix.EMSGSIZE) && c.dgram > minDgram {
+			// Someone lowered SO_SNDBUF: use smaller datagrams.
+			c.dgram = max(c.dgram/2, minDgram)
+			continue
+		}
+		if err != nil {
+			if off > 0 {
+				c.serr = fmt.Errorf("channel: send side broken, a message was cut short: %w", err)
+			}
+			return err
+		}
+		off, oob = end, nil
+	}
+	runtime.KeepAlive(files)
+	return nil
+}
+
+// Recv receives the next message into v, which must be a non-nil pointer,
+// with encoding/json. It blocks until a whole message has arrived; a read
+// deadline bounds the wait, and a Recv that times out part-way through a
+// long message loses nothing: the next call resumes it.
+//
+// Errors: io.EOF when the peer is gone at a message boundary, after every
+// message it sent has been received; io.ErrUnexpectedEOF when it went in the
+// middle of one. An encoding/json error when the JSON does not decode into
+// v; the message is consumed and the Conn stays usable. If the message
+// carried files, Recv closes them and returns an error; use RecvWithFds.
+// A malformed frame breaks the receive side: that Recv and every later one
+// return the same error.
+func (c *Conn) Recv(v any) error {
+	_, err := c.recv(v, false)
+	return err
+}
+
+// RecvWithFds is like Recv but also returns the files that came with the
+// message, exactly those, in the order sent, close-on-exec. They are the
+// caller's to close. On any error the files of the message are closed.
+func (c *Conn) RecvWithFds(v any) ([]*os.File, error) {
+	return c.recv(v, true)
+}
+
+func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
+	if rv := reflect.ValueOf(v); rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return nil, fmt.Errorf("channel: Recv needs a non-nil pointer, not %T", v)
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.closed.Load() {
+		return nil, closedErr("recvmsg")
+	}
+	if c.rerr != nil {
+		return nil, c.rerr
+	}
+	data, err := c.readMsg()
+	if err != nil {
+		return nil, err
+	}
+	fds, ferr := c.fds, c.ferr
+	c.fds, c.ferr = c.fds[:0], nil
+	if ferr == nil && !wantFds && len(fds) > 0 {
+		ferr = fmt.Errorf("channel: message carried %d files, closed: receive it with RecvWithFds", len(fds))
+	}
+	if ferr == nil {
+		if err := json.Unmarshal(data, v); err != nil {
+			ferr = fmt.Errorf("channel: %w", err)
+		}
+	}
+	if ferr != nil {
+		closeFds(fds)
+		return nil, ferr
+	}
+	if len(fds) == 0 {
+		return nil, nil
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "channel-fd")
+	}
+	return files, nil
+}
+
+// readMsg reads datagrams until a whole message has arrived, and returns its
+// JSON. The fds that came with it are in c.fds.
+func (c *Conn) readMsg() ([]byte, error) {
+	if c.msg == nil {
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, c.rlen)
+		}
+		n, err := c.datagram(c.rbuf, true)
+		if err != nil {
+			return nil, err
+		}
+		d := c.rbuf[:n]
+		want, err := parseHeader(d)
+		if err != nil {
+			return nil, c.broken(err)
+		}
+		if len(d)-headerLen == want {
+			return d[headerLen:], nil
+		}
+		// parseHeader bounded want: allocating it is safe.
+		c.msg = make([]byte, want)
+		c.have = copy(c.msg, d[headerLen:])
+	}
+	for c.have < len(c.msg) {
+		n, err := c.datagram(c.msg[c.have:], false)
+		if err == io.EOF {
+			c.drop()
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, c.broken(fmt.Errorf("%w: empty datagram", errFrame))
+		}
+		c.have += n
+	}
+	msg := c.msg
+	c.msg = nil
+	return msg, nil
+}
+
+// datagram receives one datagram of a message into p.
+func (c *Conn) datagram(p []byte, first bool) (int, error) {
+	k := len(c.fds)
+	n, fds, flags, err := c.rop.recv(p, c.fds)
+	c.fds = fds
+	switch {
+	case err != nil:
+		return 0, err
+	case flags&unix.MSG_TRUNC != 0:
+		return 0, c.broken(fmt.Errorf("%w: datagram longer than the %d bytes due", errFrame, len(p)))
+	case !first && len(fds) > k:
+		return 0, c.broken(fmt.Errorf("%w: file descriptors on a continuation datagram", errFrame))
+	case flags&unix.MSG_CTRUNC != 0 && c.ferr == nil:
+		// Control buffer too small or RLIMIT_NOFILE reached: the kernel
+		// installed what fit and dropped the rest.
+		c.ferr = errors.New("channel: control data truncated, files dropped (descriptor limit reached?)")
+	}
+	return n, nil
+}
+
+// broken stops the receive side with err, a protocol error.
+func (c *Conn) broken(err error) error {
+	c.drop()
+	c.rerr = err
+	return err
+}
+
+// drop forgets the message being received and closes its fds.
+func (c *Conn) drop() {
+	closeFds(c.fds)
+	c.fds, c.ferr, c.msg, c.have = c.fds[:0], nil, nil, 0
+}
+
+// SetDeadline sets the read and write deadlines, as net.Conn does: a call
+// blocked past it returns an error matching os.ErrDeadlineExceeded. A
+// deadline moved while a call is blocked takes effect; the zero time means
+// none.
+func (c *Conn) SetDeadline(t time.Time) error {
+	return wrap(c.uc.SetDeadline(t))
+}
+
+// SetReadDeadline sets the deadline for Recv and RecvWithFds.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	return wrap(c.uc.SetReadDeadline(t))
+}
+
+// SetWriteDeadline sets the deadline for Send and SendWithFds.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	return wrap(c.uc.SetWriteDeadline(t))
+}
+
+// Close closes the socket. Calls blocked in c return, and every later call
+// returns, an error matching net.ErrClosed. The peer receives io.EOF once it
+// has read what was sent before. Files of a message received in part are
+// closed.
+func (c *Conn) Close() error {
+	c.closed.Store(true)
+	err := c.uc.Close()
+	// Closing the socket has woken any receiver; then clean up after it.
+	c.rmu.Lock()
+	c.drop()
+	c.rmu.Unlock()
+	return wrap(err)
+}
+
+func closedErr(op string) error {
+	return fmt.Errorf("channel: %s: %w", op, net.ErrClosed)
+}
+
+func wrap(err error) error {
+	if err != nil {
+		err = fmt.Errorf("channel: %w", err)
+	}
+	return err
+}

@@ -1,0 +1,192 @@
+//go:build linux
+
+// sendmsg and recvmsg through the runtime poller, and SCM_RIGHTS.
+package channel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxFds is SCM_MAX_FD: the kernel refuses more fds in one sendmsg.
+const maxFds = 253
+
+// sysop is one sendmsg or recvmsg, in a form that the runtime poller can
+// retry. Its fn is bound once, so that a call allocates nothing.
+type sysop struct {
+	rc   syscall.RawConn
+	fn   func(fd uintptr) bool
+	p    []byte
+	oob  []byte
+	n    int
+	oobn int
+	flag int // recvmsg's msg_flags
+	err  error
+}
+
+func newSendOp(rc syscall.RawConn) *sysop {
+	op := &sysop{rc: rc}
+	op.fn = op.sendmsg
+	return op
+}
+
+func newRecvOp(rc syscall.RawConn) *sysop {
+	op := &sysop{rc: rc, oob: make([]byte, unix.CmsgSpace(maxFds*4))}
+	op.fn = op.recvmsg
+	return op
+}
+
+func (op *sysop) sendmsg(fd uintptr) bool {
+	for {
+		// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+		op.n, op.err = unix.SendmsgN(int(fd), op.p, op.oob, nil, unix.MSG_NOSIGNAL)
+		if op.err != unix.EINTR {
+			return op.err != unix.EAGAIN
+		}
+	}
+}
+
+func (op *sysop) recvmsg(fd uintptr) bool {
+	for {
+		op.n, op.oobn, op.flag, _, op.err = unix.Recvmsg(int(fd), op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
+		// A SEQPACKET peer that closed with our data unread makes the kernel
+		// report ECONNRESET once, before the datagrams it had sent us.
+		if op.err != unix.EINTR && op.err != unix.ECONNRESET {
+			return op.err != unix.EAGAIN
+		}
+	}
+}
+
+// send sends p with the control data oob as one datagram.
+func (op *sysop) send(p, oob []byte) error {
+	op.p, op.oob = p, oob
+	err := op.rc.Write(op.fn)
+	op.p, op.oob = nil, nil
+	return opErr("sendmsg", err, op.err)
+}
+
+// recv receives one datagram into p and appends the fds that came with it
+// to fds. It returns recvmsg's msg_flags, of which the caller checks
+// MSG_TRUNC and MSG_CTRUNC, never flags != 0: the kernel echoes
+// MSG_CMSG_CLOEXEC there. It reports an end of input (n == 0 without fds)
+// as io.EOF only when the peer is gone; an empty datagram is n == 0.
+func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
+	op.p = p
+	err = op.rc.Read(op.fn)
+	op.p = nil
+	if err = opErr("recvmsg", err, op.err); err != nil {
+		return 0, fds, 0, err
+	}
+	k := len(fds)
+	fds = parseRights(op.oob[:op.oobn], fds)
+	if op.n == 0 && len(fds) == k && op.peerGone() {
+		return 0, fds, op.flag, io.EOF
+	}
+	return op.n, fds, op.flag, nil
+}
+
+// peerGone tells an end of input from an empty datagram, which recvmsg
+// reports alike: the peer is gone when our receive side is shut down and
+// nothing is queued.
+func (op *sysop) peerGone() bool {
+	gone := false
+	op.rc.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) == 0 {
+			return
+		}
+		queued, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		gone = err == nil && queued == 0
+	})
+	return gone
+}
+
+// opErr turns the poller's error, or else the syscall's, into ours.
+func opErr(name string, pollErr, sysErr error) error {
+	if pollErr != nil {
+		// The poller wraps net.ErrClosed and os.ErrDeadlineExceeded in a
+		// *net.OpError whose text names raw-read; keep only the cause.
+		var oe *net.OpError
+		if errors.As(pollErr, &oe) {
+			pollErr = oe.Err
+		}
+		return fmt.Errorf("channel: %s: %w", name, pollErr)
+	}
+	if sysErr != nil {
+		return fmt.Errorf("channel: %w", os.NewSyscallError(name, sysErr))
+	}
+	return nil
+}
+
+// parseRights appends the fds of every SCM_RIGHTS message in oob to fds.
+func parseRights(oob []byte, fds []int) []int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
+			break
+		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
+			data := oob[unix.CmsgLen(0):h.Len]
+			for ; len(data) >= 4; data = data[4:] {
+				fds = append(fds, int(int32(binary.NativeEndian.Uint32(data))))
+			}
+		}
+		space := unix.CmsgSpace(int(h.Len) - unix.CmsgLen(0))
+		if space > len(oob) {
+			break
+		}
+		oob = oob[space:]
+	}
+	return fds
+}
+
+// putRights builds into buf, grown as needed, one SCM_RIGHTS message with
+// the fds of files. It reads fd numbers through SyscallConn, never Fd(),
+// which would put the file into blocking mode for every holder. The caller
+// keeps files alive until sendmsg returns.
+func putRights(buf []byte, files []*os.File) ([]byte, error) {
+	if len(files) == 0 {
+		return buf[:0], nil
+	}
+	n := unix.CmsgSpace(4 * len(files))
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	clear(buf)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
+	h.Level = unix.SOL_SOCKET
+	h.Type = unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(4 * len(files)))
+	data := buf[unix.CmsgLen(0):]
+	for i, f := range files {
+		if f == nil {
+			return buf[:0], fmt.Errorf("channel: file %d is nil", i)
+		}
+		sc, err := f.SyscallConn()
+		if err != nil {
+			return buf[:0], fmt.Errorf("channel: file %d: %w", i, err)
+		}
+		var fd uintptr
+		if err := sc.Control(func(s uintptr) { fd = s }); err != nil {
+			return buf[:0], fmt.Errorf("channel: file %d: %w", i, err)
+		}
+		binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
+	}
+	return buf, nil
+}
+
+// closeFds closes fds received and not handed to the caller.
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}

@@ -1,0 +1,130 @@
+//go:build linux
+
+// The re-exec helper: Go's substitute for fork, with a channel to the child.
+package channel
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+)
+
+// envFd names the child's inherited socket. Dispatch removes it before the
+// child's function runs, so the child's own children do not believe it.
+const envFd = "GO_CHANNEL_REEXEC_FD"
+
+// childrenMu guards children.
+var childrenMu sync.Mutex
+
+// children maps a name given to Register to its function.
+var children = map[string]func(*Conn) error{}
+
+// Register makes main the function that a child started by Command(name)
+// runs. Call it from an init function, so that the parent and the child,
+// which run the same binary, both know the name. It panics if name is
+// already registered.
+func Register(name string, main func(c *Conn) error) {
+	childrenMu.Lock()
+	defer childrenMu.Unlock()
+	if _, dup := children[name]; dup {
+		panic("channel: Register called twice for " + strconv.Quote(name))
+	}
+	children[name] = main
+}
+
+// Dispatch must be the first thing main (or TestMain) does. In a child
+// started by Start it runs the function registered for the child's name
+// with the child's end of the channel, and exits: with status 0 if the
+// function returned nil, and with status 1 and the error on stderr if it
+// returned an error. A panic in it crashes the child as any panic does
+// (status 2, the panic on stderr). In any other process Dispatch returns at
+// once.
+func Dispatch() {
+	v, ok := os.LookupEnv(envFd)
+	if !ok {
+		return
+	}
+	os.Unsetenv(envFd)
+	name := os.Args[0]
+	childrenMu.Lock()
+	main := children[name]
+	childrenMu.Unlock()
+	if main == nil {
+		fmt.Fprintf(os.Stderr, "channel: no child function registered as %q\n", name)
+		os.Exit(2)
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		fmt.Fprintf(os.Stderr, "channel: bad %s=%q\n", envFd, v)
+		os.Exit(2)
+	}
+	// The inherited fd is not close-on-exec, and may be in blocking mode:
+	// FileConn duplicates it with both set, and the original is closed.
+	f := os.NewFile(uintptr(fd), "channel")
+	c, err := FileConn(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "channel: child %q: %v\n", name, err)
+		os.Exit(2)
+	}
+	err = main(c)
+	c.Close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// Command returns a command, not yet started, that runs this program again
+// (/proc/self/exe, the running image even if its file was replaced) as the
+// child registered under name, with args as its os.Args[1:]. Its
+// os.Args[0] is name, as with moby's reexec. The caller may set any field
+// of the command, Env and ExtraFiles included, before passing it to Start.
+func Command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = name
+	return cmd
+}
+
+// Start starts cmd, made by Command, with the other end of a new channel as
+// an extra file, and returns this end. It appends to cmd.ExtraFiles and
+// cmd.Env (or a copy of this process's environment when Env is nil) and
+// keeps everything else the caller set. It closes its copy of the child's
+// end before returning, so that Recv returns io.EOF once the child exits.
+// The caller still waits for cmd: EOF alone does not prove the child is
+// dead, since it may have passed its socket on.
+func Start(cmd *exec.Cmd) (*Conn, error) {
+	if len(cmd.Args) == 0 {
+		return nil, fmt.Errorf("channel: command has no name: make it with Command")
+	}
+	childrenMu.Lock()
+	_, ok := children[cmd.Args[0]]
+	childrenMu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("channel: no child function registered as %q", cmd.Args[0])
+	}
+	pf, f, err := socketpair()
+	if err != nil {
+		return nil, err
+	}
+	// The child's end is closed here whatever happens, so that the parent
+	// sees EOF when the child goes.
+	defer f.Close()
+	parent, err := FileConn(pf)
+	pf.Close()
+	if err != nil {
+		return nil, err
+	}
+	extra, env := cmd.ExtraFiles, cmd.Env
+	cmd.ExtraFiles = append(cmd.ExtraFiles[:len(extra):len(extra)], f)
+	cmd.Env = append(cmd.Environ(), envFd+"="+strconv.Itoa(2+len(cmd.ExtraFiles)))
+	if err := cmd.Start(); err != nil {
+		cmd.ExtraFiles, cmd.Env = extra, env
+		parent.Close()
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	return parent, nil
+}
