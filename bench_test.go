@@ -1,0 +1,443 @@
+//go:build linux
+
+package channel
+
+// Benchmarks across processes: the child is started with the package's own
+// re-exec helper, and each benchmark of the package stands beside floors
+// that move the same bytes without it. Sub-benchmarks are named impl=...;
+// bench.sh runs them all and prints the ratios.
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/rpc"
+	"net/rpc/jsonrpc"
+	"os"
+	"os/exec"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Small is the value of the round-trip benchmarks: 70 bytes of JSON.
+type Small struct {
+	ID     int     `json:"id"`
+	Op     string  `json:"op"`
+	Path   string  `json:"path"`
+	OK     bool    `json:"ok"`
+	Weight float64 `json:"weight"`
+}
+
+var smallValue = Small{ID: 12345, Op: "stat", Path: "/var/lib/app/data.db", OK: true, Weight: 0.75}
+
+// smallFrame is smallValue as this package frames it: what the floors move.
+var smallFrame = func() []byte {
+	b, _ := json.Marshal(smallValue)
+	return append(binary.LittleEndian.AppendUint64(nil, uint64(len(b))), b...)
+}()
+
+// Echo is the net/rpc service of the net/rpc benchmark.
+type Echo struct{}
+
+func (Echo) Echo(v Small, r *Small) error { *r = v; return nil }
+
+func init() {
+	Register("bench-echo", func(c *Conn) error {
+		for {
+			var v Small
+			fs, err := c.RecvWithFds(&v)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			err = c.SendWithFds(v, fs...)
+			for _, f := range fs {
+				f.Close()
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+	// The blocking floor: recvmsg and sendmsg back, on a blocking socket.
+	Register("bench-raw-echo", func(c *Conn) error {
+		fd, f := rawSocket(c, true)
+		defer f.Close()
+		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
+		for {
+			n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+			if err != nil || n == 0 {
+				return err
+			}
+			_, err = unix.SendmsgN(fd, buf[:n], oob[:oobn], nil, unix.MSG_NOSIGNAL)
+			closeFds(parseRights(oob[:oobn], nil))
+			if err != nil {
+				return err
+			}
+		}
+	})
+	// The poller floor: the same through the runtime poller.
+	Register("bench-poller-echo", func(c *Conn) error {
+		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
+		for {
+			n, oobn, _, _, err := c.uc.ReadMsgUnix(buf, oob)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+			closeFds(parseRights(oob[:oobn], nil))
+			if err != nil {
+				return err
+			}
+		}
+	})
+	// Newline-delimited JSON over two pipes, fds 3 and 4.
+	Register("bench-ndjson-echo", func(c *Conn) error {
+		dec := json.NewDecoder(os.NewFile(3, "in"))
+		enc := json.NewEncoder(os.NewFile(4, "out"))
+		for {
+			var v Small
+			if err := dec.Decode(&v); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			if err := enc.Encode(v); err != nil {
+				return err
+			}
+		}
+	})
+	// net/rpc with its JSON codec on a stream socket, fd 3.
+	Register("bench-rpc-echo", func(c *Conn) error {
+		conn, err := net.FileConn(os.NewFile(3, "rpc"))
+		if err != nil {
+			return err
+		}
+		s := rpc.NewServer()
+		s.Register(Echo{})
+		s.ServeCodec(jsonrpc.NewServerCodec(conn))
+		return nil
+	})
+	// Sinks for one-way throughput: the first message says how many
+	// values (or, raw, how many bytes) follow; the sink answers when done.
+	Register("bench-sink", func(c *Conn) error {
+		var n int
+		if err := c.Recv(&n); err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			var err error
+			if os.Args[1] == "small" {
+				var v Small
+				err = c.Recv(&v)
+			} else {
+				var v json.RawMessage
+				err = c.Recv(&v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return c.Send(n)
+	})
+	Register("bench-raw-sink", func(c *Conn) error {
+		fd, f := rawSocket(c, true)
+		defer f.Close()
+		buf := make([]byte, 1<<20)
+		k, err := unix.Read(fd, buf)
+		if err != nil || k != 8 {
+			return fmt.Errorf("read count: %d, %v", k, err)
+		}
+		want := binary.LittleEndian.Uint64(buf)
+		for got := uint64(0); got < want; {
+			n, _, _, _, err := unix.Recvmsg(fd, buf, nil, 0)
+			if err != nil || n == 0 {
+				return fmt.Errorf("recvmsg after %d of %d bytes: %v", got, want, err)
+			}
+			got += uint64(n)
+		}
+		_, err = unix.Write(fd, []byte{1})
+		return err
+	})
+}
+
+// rawSocket turns c into a raw descriptor, blocking or not; f owns it.
+func rawSocket(c *Conn, blocking bool) (int, *os.File) {
+	f, err := c.File()
+	if err != nil {
+		panic(err)
+	}
+	c.Close()
+	rc, _ := f.SyscallConn()
+	var fd int
+	rc.Control(func(s uintptr) { fd = int(s) })
+	unix.SetNonblock(fd, !blocking)
+	return fd, f
+}
+
+// startBench starts a child for a benchmark, stopped when it ends.
+func startBench(b *testing.B, name string, setup func(*exec.Cmd), args ...string) *Conn {
+	b.Helper()
+	cmd := Command(name, args...)
+	cmd.Stderr = os.Stderr
+	if setup != nil {
+		setup(cmd)
+	}
+	c, err := Start(cmd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		c.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("child %s: %v", name, err)
+		}
+	})
+	return c
+}
+
+// BenchmarkRoundTrip sends the Small value to a child and back.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, fds := range []int{0, 1} {
+		b.Run(fmt.Sprintf("fds=%d/impl=blocking", fds), func(b *testing.B) {
+			c := startBench(b, "bench-raw-echo", nil)
+			fd, f := rawSocket(c, true)
+			defer f.Close()
+			oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := unix.SendmsgN(fd, smallFrame, oob, nil, unix.MSG_NOSIGNAL); err != nil {
+					b.Fatal(err)
+				}
+				_, oobn, _, _, err := unix.Recvmsg(fd, rbuf, roob, unix.MSG_CMSG_CLOEXEC)
+				if err != nil {
+					b.Fatal(err)
+				}
+				closeFds(parseRights(roob[:oobn], nil))
+			}
+		})
+		b.Run(fmt.Sprintf("fds=%d/impl=poller", fds), func(b *testing.B) {
+			c := startBench(b, "bench-poller-echo", nil)
+			oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := c.uc.WriteMsgUnix(smallFrame, oob, nil); err != nil {
+					b.Fatal(err)
+				}
+				_, oobn, _, _, err := c.uc.ReadMsgUnix(rbuf, roob)
+				if err != nil {
+					b.Fatal(err)
+				}
+				closeFds(parseRights(roob[:oobn], nil))
+			}
+		})
+		b.Run(fmt.Sprintf("fds=%d/impl=channel", fds), func(b *testing.B) {
+			c := startBench(b, "bench-echo", nil)
+			var files []*os.File
+			if fds == 1 {
+				files = []*os.File{os.Stdin}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := c.SendWithFds(smallValue, files...); err != nil {
+					b.Fatal(err)
+				}
+				var v Small
+				fs, err := c.RecvWithFds(&v)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, f := range fs {
+					f.Close()
+				}
+			}
+		})
+	}
+	b.Run("fds=0/impl=ndjson", func(b *testing.B) {
+		var in, out *os.File
+		c := startBench(b, "bench-ndjson-echo", func(cmd *exec.Cmd) {
+			r1, w1, _ := os.Pipe()
+			r2, w2, _ := os.Pipe()
+			cmd.ExtraFiles = []*os.File{r1, w2}
+			in, out = r2, w1
+			b.Cleanup(func() { r1.Close(); w2.Close() })
+		})
+		defer c.Close()
+		defer in.Close()
+		enc, dec := json.NewEncoder(out), json.NewDecoder(in)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if err := enc.Encode(smallValue); err != nil {
+				b.Fatal(err)
+			}
+			var v Small
+			if err := dec.Decode(&v); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		out.Close()
+	})
+	b.Run("fds=0/impl=netrpc", func(b *testing.B) {
+		var client *rpc.Client
+		startBench(b, "bench-rpc-echo", func(cmd *exec.Cmd) {
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			theirs, ours := os.NewFile(uintptr(fds[0]), "rpc"), os.NewFile(uintptr(fds[1]), "rpc")
+			cmd.ExtraFiles = []*os.File{theirs}
+			b.Cleanup(func() { theirs.Close() })
+			conn, err := net.FileConn(ours)
+			ours.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+			client = jsonrpc.NewClient(conn)
+		})
+		defer client.Close()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			var v Small
+			if err := client.Call("Echo.Echo", smallValue, &v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// sendOOB is the control data for fds files (os.Stdin, again and again).
+func sendOOB(b *testing.B, fds int) []byte {
+	if fds == 0 {
+		return nil
+	}
+	oob, err := putRights(nil, []*os.File{os.Stdin})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return oob
+}
+
+// BenchmarkThroughput sends values one way to a child: Small ones (see
+// msgs/s) and json.RawMessage of 64 KiB, 1 MiB and 16 MiB (see MB/s).
+func BenchmarkThroughput(b *testing.B) {
+	sizes := []struct {
+		name string
+		n    int
+	}{{"small", 0}, {"64KiB", 64 << 10}, {"1MiB", 1 << 20}, {"16MiB", 16 << 20}}
+	for _, size := range sizes {
+		var v any = smallValue
+		payload := smallFrame
+		if size.n > 0 {
+			raw := jsonString(size.n)
+			v = raw
+			payload = append(binary.LittleEndian.AppendUint64(nil, uint64(len(raw))), raw...)
+		}
+		b.Run("size="+size.name+"/impl=blocking", func(b *testing.B) {
+			c := startBench(b, "bench-raw-sink", nil)
+			fd, f := rawSocket(c, true)
+			defer f.Close()
+			b.SetBytes(int64(len(payload)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			unix.Write(fd, binary.LittleEndian.AppendUint64(nil, uint64(b.N*len(payload))))
+			dgram := c.dgram
+			for i := 0; i < b.N; i++ {
+				for off := 0; off < len(payload); off += dgram {
+					if _, err := unix.SendmsgN(fd, payload[off:min(off+dgram, len(payload))], nil, nil, unix.MSG_NOSIGNAL); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			if _, err := unix.Read(fd, make([]byte, 8)); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+		b.Run("size="+size.name+"/impl=channel", func(b *testing.B) {
+			c := startBench(b, "bench-sink", nil, size.name)
+			b.SetBytes(int64(len(payload)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			if err := c.Send(b.N); err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < b.N; i++ {
+				if err := c.Send(v); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var n int
+			if err := c.Recv(&n); err != nil || n != b.N {
+				b.Fatalf("sink received %d, %v; want %d", n, err, b.N)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkSend and BenchmarkRecv count the allocations of one verb, in
+// one process, against a raw peer that allocates nothing.
+func BenchmarkSend(b *testing.B) {
+	c, peer := rawPair(b)
+	go func() {
+		buf := make([]byte, 1<<16)
+		for {
+			if n, err := unix.Read(peer, buf); err != nil || n == 0 {
+				return
+			}
+		}
+	}()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(smallFrame)))
+	for i := 0; i < b.N; i++ {
+		if err := c.Send(smallValue); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRecv(b *testing.B) {
+	c, peer := rawPair(b)
+	go func() {
+		for {
+			if _, err := unix.Write(peer, smallFrame); err != nil {
+				return
+			}
+		}
+	}()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(smallFrame)))
+	var v Small
+	for i := 0; i < b.N; i++ {
+		if err := c.Recv(&v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnmarshal is what json.Unmarshal alone costs for the Small
+// value: BenchmarkRecv's allocations beyond it are the package's own.
+func BenchmarkUnmarshal(b *testing.B) {
+	b.ReportAllocs()
+	var v Small
+	for i := 0; i < b.N; i++ {
+		if err := json.Unmarshal(smallFrame[headerLen:], &v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
