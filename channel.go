@@ -63,15 +63,16 @@ type Conn struct {
 	serr  error // set once a message was cut short: the send side is broken
 
 	// rmu is held for a whole message received; it guards the fields below.
-	rmu  sync.Mutex
-	rop  *sysop
-	rbuf []byte // the first datagram of a message; allocated on first use
-	rlen int    // len(rbuf): SO_SNDBUF when the Conn was made
-	msg  []byte // a message of several datagrams, being reassembled
-	have int    // bytes of msg received so far; msg == nil when none is due
-	fds  []int  // fds of the message being received, not yet handed out
-	ferr error  // an error about fds, returned once the message is whole
-	rerr error  // set on a protocol error: the receive side is broken
+	rmu   sync.Mutex
+	rop   *sysop
+	rbuf  []byte // the first datagram of a message; allocated on first use
+	rlen  int    // len(rbuf): SO_SNDBUF when the Conn was made
+	msg   []byte // a message of several datagrams, being reassembled
+	spare []byte // the last msg, kept for the next if at most maxSpare
+	have  int    // bytes of msg received so far; msg == nil when none is due
+	fds   []int  // fds of the message being received, not yet handed out
+	ferr  error  // an error about fds, returned once the message is whole
+	rerr  error  // set on a protocol error: the receive side is broken
 }
 
 // Pair returns the two ends of a new channel. Each end is close-on-exec and
@@ -154,8 +155,12 @@ func FileConn(f *os.File) (*Conn, error) {
 	return c, nil
 }
 
-// minDgram is the smallest datagram Send falls back to on EMSGSIZE.
-const minDgram = 1024
+const (
+	// minDgram is the smallest datagram Send falls back to on EMSGSIZE.
+	minDgram = 1024
+	// maxSpare bounds what a Conn keeps between messages for reuse.
+	maxSpare = 4 << 20
+)
 
 // File returns a duplicate of c's socket, for example to send this end of a
 // channel to another process with SendWithFds. Closing either does not
@@ -204,11 +209,15 @@ func (c *Conn) send(v any, files []*os.File) error {
 	var hdr [headerLen]byte
 	c.sbuf.Reset()
 	c.sbuf.Write(hdr[:])
-	if err := c.enc.Encode(v); err != nil {
+	if raw, ok := v.(json.RawMessage); ok && json.Valid(raw) {
+		// As Encode would, less a second pass to compact it.
+		c.sbuf.Write(raw)
+	} else if err := c.enc.Encode(v); err != nil {
 		return fmt.Errorf("channel: %w", err)
+	} else {
+		c.sbuf.Truncate(c.sbuf.Len() - 1) // Encode ends the value with a newline
 	}
 	b := c.sbuf.Bytes()
-	b = b[:len(b)-1] // Encode ends the value with a newline
 	if n := len(b) - headerLen; n > maxLen {
 		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", n, maxLen)
 	}
@@ -235,6 +244,9 @@ func (c *Conn) send(v any, files []*os.File) error {
 		off, oob = end, nil
 	}
 	runtime.KeepAlive(files)
+	if c.sbuf.Cap() > maxSpare {
+		c.sbuf = bytes.Buffer{} // the Encoder holds &c.sbuf, which stays
+	}
 	return nil
 }
 
@@ -284,7 +296,10 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 		ferr = fmt.Errorf("channel: message carried %d files, closed: receive it with RecvWithFds", len(fds))
 	}
 	if ferr == nil {
-		if err := json.Unmarshal(data, v); err != nil {
+		if raw, ok := v.(*json.RawMessage); ok && json.Valid(data) {
+			// As Unmarshal would, less its second pass over the value.
+			*raw = append((*raw)[:0], data...)
+		} else if err := json.Unmarshal(data, v); err != nil {
 			ferr = fmt.Errorf("channel: %w", err)
 		}
 	}
@@ -322,7 +337,11 @@ func (c *Conn) readMsg() ([]byte, error) {
 			return d[headerLen:], nil
 		}
 		// parseHeader bounded want: allocating it is safe.
-		c.msg = make([]byte, want)
+		if cap(c.spare) >= want {
+			c.msg = c.spare[:want]
+		} else {
+			c.msg = make([]byte, want)
+		}
 		c.have = copy(c.msg, d[headerLen:])
 	}
 	for c.have < len(c.msg) {
@@ -341,6 +360,9 @@ func (c *Conn) readMsg() ([]byte, error) {
 	}
 	msg := c.msg
 	c.msg = nil
+	if cap(msg) <= maxSpare {
+		c.spare = msg // the caller is done with msg before the next message
+	}
 	return msg, nil
 }
 

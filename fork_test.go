@@ -254,10 +254,12 @@ func TestStartKeepsCallerFields(t *testing.T) {
 	dir := t.TempDir()
 	cmd := Command("grandchild") // any child: only the environment and fds matter
 	cmd.Path = "/bin/sh"
-	cmd.Args = []string{"grandchild", "-c", `echo "$MINE $PWD $GO_CHANNEL_REEXEC_FD" >&3; ls /proc/self/fd >&3`}
+	cmd.Args = []string{"grandchild", "-c", `echo "$MINE $PWD $GO_CHANNEL_REEXEC_FD" >&3; ls /proc/self/fd >&3; echo "pgid $(cut -d' ' -f5 /proc/$$/stat) pid $$" >&3`}
 	cmd.Env = []string{"MINE=kept"}
 	cmd.Dir = dir
 	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = time.Second
 	c, err := Start(cmd)
 	w.Close()
 	if err != nil {
@@ -277,6 +279,13 @@ func TestStartKeepsCallerFields(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "\n4\n") {
 		t.Errorf("child fds:\n%s\nwant fd 4, the channel", out)
+	}
+	pid := strconv.Itoa(cmd.Process.Pid)
+	if want := "pgid " + pid + " pid " + pid; !strings.Contains(string(out), want) {
+		t.Errorf("child said %q, want %q: SysProcAttr.Setpgid kept", lines[len(lines)-2], want)
+	}
+	if cmd.WaitDelay != time.Second || cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setpgid {
+		t.Errorf("Start changed WaitDelay or SysProcAttr")
 	}
 }
 

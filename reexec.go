@@ -83,6 +83,12 @@ func Dispatch() {
 // child registered under name, with args as its os.Args[1:]. Its
 // os.Args[0] is name, as with moby's reexec. The caller may set any field
 // of the command, Env and ExtraFiles included, before passing it to Start.
+//
+// Start takes any command whose Args[0] is a registered name. To tie the
+// child to a context (and so use Cancel), make it the same way:
+//
+//	cmd := exec.CommandContext(ctx, "/proc/self/exe", args...)
+//	cmd.Args[0] = name
 func Command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = name
