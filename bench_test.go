@@ -94,7 +94,11 @@ func init() {
 				return err
 			}
 			_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
-			closeFds(parseRights(oob[:oobn], nil))
+			if len(os.Args) > 1 && os.Args[1] == "osfile" {
+				closeAsFiles(parseRights(oob[:oobn], nil))
+			} else {
+				closeFds(parseRights(oob[:oobn], nil))
+			}
 			if err != nil {
 				return err
 			}
@@ -242,6 +246,26 @@ func BenchmarkRoundTrip(b *testing.B) {
 				closeFds(parseRights(roob[:oobn], nil))
 			}
 		})
+		if fds == 1 {
+			// The poller floor, with each received fd made an *os.File
+			// and closed as such, as RecvWithFds's API has it.
+			b.Run("fds=1/impl=poller-osfile", func(b *testing.B) {
+				c := startBench(b, "bench-poller-echo", nil, "osfile")
+				oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, _, err := c.uc.WriteMsgUnix(smallFrame, oob, nil); err != nil {
+						b.Fatal(err)
+					}
+					_, oobn, _, _, err := c.uc.ReadMsgUnix(rbuf, roob)
+					if err != nil {
+						b.Fatal(err)
+					}
+					closeAsFiles(parseRights(roob[:oobn], nil))
+				}
+			})
+		}
 		b.Run(fmt.Sprintf("fds=%d/impl=channel", fds), func(b *testing.B) {
 			c := startBench(b, "bench-echo", nil)
 			var files []*os.File
@@ -318,6 +342,13 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		}
 	})
+}
+
+// closeAsFiles makes each fd an *os.File and closes that.
+func closeAsFiles(fds []int) {
+	for _, fd := range fds {
+		os.NewFile(uintptr(fd), "fd").Close()
+	}
 }
 
 // sendOOB is the control data for fds files (os.Stdin, again and again).
