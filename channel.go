@@ -199,7 +199,12 @@ func (c *Conn) SendWithFds(v any, files ...*os.File) error {
 
 func (c *Conn) send(v any, files []*os.File) error {
 	c.smu.Lock()
-	defer c.smu.Unlock()
+	defer func() {
+		if c.sbuf.Cap() > maxSpare {
+			c.sbuf = bytes.Buffer{} // the Encoder holds &c.sbuf, which stays
+		}
+		c.smu.Unlock()
+	}()
 	if c.closed.Load() {
 		return closedErr("sendmsg")
 	}
@@ -211,6 +216,7 @@ func (c *Conn) send(v any, files []*os.File) error {
 	c.sbuf.Write(hdr[:])
 	if raw, ok := v.(json.RawMessage); ok && json.Valid(raw) {
 		// As Encode would, less a second pass to compact it.
+		c.sbuf.Grow(len(raw))
 		c.sbuf.Write(raw)
 	} else if err := c.enc.Encode(v); err != nil {
 		return fmt.Errorf("channel: %w", err)
@@ -244,9 +250,6 @@ func (c *Conn) send(v any, files []*os.File) error {
 		off, oob = end, nil
 	}
 	runtime.KeepAlive(files)
-	if c.sbuf.Cap() > maxSpare {
-		c.sbuf = bytes.Buffer{} // the Encoder holds &c.sbuf, which stays
-	}
 	return nil
 }
 

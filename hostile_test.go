@@ -537,3 +537,30 @@ func FuzzConn(f *testing.F) {
 		}
 	})
 }
+
+// TestRawMessage: json.RawMessage skips a pass through encoding/json, not
+// its validation: invalid JSON is refused on both sides.
+func TestRawMessage(t *testing.T) {
+	c, peer := rawPair(t)
+	if err := c.Send(json.RawMessage(`{"a": 1`)); err == nil {
+		t.Fatal("Send(invalid RawMessage) error = nil, want one")
+	}
+	rawSend(t, peer, frame(7, `{"a": 1`))
+	rawSend(t, peer, frame(9, ` [1, 2 ] `))
+	raw := json.RawMessage("left over")
+	var se *json.SyntaxError
+	if err := c.Recv(&raw); !errors.As(err, &se) {
+		t.Fatalf("Recv(&RawMessage) of invalid JSON: error = %v, want a *json.SyntaxError", err)
+	}
+	if err := c.Recv(&raw); err != nil || string(raw) != ` [1, 2 ] ` {
+		t.Fatalf("Recv(&RawMessage) = %q, %v; want the bytes as sent", raw, err)
+	}
+	if err := c.Send(json.RawMessage(`{ "b" : [true] }`)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Read(peer, buf)
+	if err != nil || string(buf[headerLen:n]) != `{ "b" : [true] }` {
+		t.Fatalf("peer read %q, %v; want the RawMessage as it was", buf[:n], err)
+	}
+}
