@@ -473,3 +473,20 @@ func BenchmarkUnmarshal(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkJSONValid is the ceiling that validating JSON puts on large
+// values: one pass of encoding/json's scanner over the bytes, which both
+// Send and Recv of a json.RawMessage make, one on each side.
+func BenchmarkJSONValid(b *testing.B) {
+	for _, n := range []int{64 << 10, 1 << 20, 16 << 20} {
+		v := jsonString(n)
+		b.Run(fmt.Sprintf("size=%dKiB", n>>10), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for i := 0; i < b.N; i++ {
+				if !json.Valid(v) {
+					b.Fatal("invalid")
+				}
+			}
+		})
+	}
+}
