@@ -93,11 +93,20 @@ func init() {
 			if err != nil {
 				return err
 			}
-			_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+			fds := parseRights(oob[:oobn], nil)
 			if len(os.Args) > 1 && os.Args[1] == "osfile" {
-				closeAsFiles(parseRights(oob[:oobn], nil))
+				// As a user of RecvWithFds gets them: *os.File first.
+				var files []*os.File
+				for _, fd := range fds {
+					files = append(files, os.NewFile(uintptr(fd), "fd"))
+				}
+				_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+				for _, f := range files {
+					f.Close()
+				}
 			} else {
-				closeFds(parseRights(oob[:oobn], nil))
+				_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
+				closeFds(fds)
 			}
 			if err != nil {
 				return err
@@ -248,7 +257,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 		})
 		if fds == 1 {
 			// The poller floor, with each received fd made an *os.File
-			// and closed as such, as RecvWithFds's API has it.
+			// as soon as it arrives and closed as such, as RecvWithFds's
+			// API has it.
 			b.Run("fds=1/impl=poller-osfile", func(b *testing.B) {
 				c := startBench(b, "bench-poller-echo", nil, "osfile")
 				oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
