@@ -239,28 +239,24 @@ func BenchmarkRoundTrip(b *testing.B) {
 				closeFds(parseRights(roob[:oobn], nil))
 			}
 		})
-		b.Run(fmt.Sprintf("fds=%d/impl=poller", fds), func(b *testing.B) {
-			c := startBench(b, "bench-poller-echo", nil)
-			oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, _, err := c.uc.WriteMsgUnix(smallFrame, oob, nil); err != nil {
-					b.Fatal(err)
-				}
-				_, oobn, _, _, err := c.uc.ReadMsgUnix(rbuf, roob)
-				if err != nil {
-					b.Fatal(err)
-				}
-				closeFds(parseRights(roob[:oobn], nil))
-			}
-		})
+		// The poller floor; and with fds, the same with each received fd
+		// made an *os.File as soon as it arrives and closed as such, as
+		// RecvWithFds's API has it.
+		floors := []struct {
+			name  string
+			args  []string
+			close func([]int)
+		}{{"poller", nil, closeFds}}
 		if fds == 1 {
-			// The poller floor, with each received fd made an *os.File
-			// as soon as it arrives and closed as such, as RecvWithFds's
-			// API has it.
-			b.Run("fds=1/impl=poller-osfile", func(b *testing.B) {
-				c := startBench(b, "bench-poller-echo", nil, "osfile")
+			floors = append(floors, struct {
+				name  string
+				args  []string
+				close func([]int)
+			}{"poller-osfile", []string{"osfile"}, closeAsFiles})
+		}
+		for _, fl := range floors {
+			b.Run(fmt.Sprintf("fds=%d/impl=%s", fds, fl.name), func(b *testing.B) {
+				c := startBench(b, "bench-poller-echo", nil, fl.args...)
 				oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 				b.ReportAllocs()
 				b.ResetTimer()
@@ -272,7 +268,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					closeAsFiles(parseRights(roob[:oobn], nil))
+					fl.close(parseRights(roob[:oobn], nil))
 				}
 			})
 		}

@@ -824,25 +824,7 @@ func TestDeadlines(t *testing.T) {
 			t.Fatalf("Send() again error = %v, want os.ErrDeadlineExceeded", err)
 		}
 	})
-	t.Run("Recv resumes a message cut by its deadline", func(t *testing.T) {
-		c, peer := rawPair(t)
-		r, w, _ := os.Pipe()
-		defer r.Close()
-		defer w.Close()
-		rawSend(t, peer, frame(6, `"ab`), int(w.Fd()))
-		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		var s string
-		if _, err := c.RecvWithFds(&s); !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("RecvWithFds() error = %v, want os.ErrDeadlineExceeded", err)
-		}
-		c.SetReadDeadline(time.Time{})
-		rawSend(t, peer, []byte(`cd"`))
-		fs, err := c.RecvWithFds(&s)
-		if err != nil || s != "abcd" || len(fs) != 1 {
-			t.Fatalf("RecvWithFds() = %q, %d files, %v; want \"abcd\", 1 file, nil", s, len(fs), err)
-		}
-		fs[0].Close()
-	})
+	// A Recv cut by its deadline mid-message: TestLengthMoreThanSent.
 }
 
 // TestSendCutShort: a message of several datagrams that fails part-way
