@@ -177,8 +177,9 @@ func (c *Conn) File() (*os.File, error) {
 // the kernel has taken the whole message, which waits while the peer's
 // receive queue is full; a write deadline bounds the wait.
 //
-// An error from encoding/json, or a value whose JSON is over 64 MiB, is
-// returned before anything is written. If a message of several datagrams
+// A json.RawMessage is checked to be valid JSON and sent as it is (not
+// compacted, as encoding/json would). An error from encoding/json, or a
+// value whose JSON is over 64 MiB, is returned before anything is written. If a message of several datagrams
 // fails part-way (deadline, Close, peer gone), the send side is broken and
 // every later Send returns an error, so the peer never sees half a value
 // followed by another.

@@ -9,10 +9,11 @@
 // recvmsg themselves are raw syscalls (see msg). Measured with bench.sh on
 // a 2-core VM, a small round trip through syscall.Syscall was 1.41x the
 // poller floor, because entering a syscall that way wakes the runtime's
-// sysmon thread when it sleeps; raw calls brought it to 1.09-1.17x. Blocking in
-// ppoll(2) on the socket and an eventfd (to honour moved deadlines and
-// Close) measured 52.5 µs per round trip against the poller floor's
-// 49.7 µs in the same run: not faster, and it holds a thread per wait.
+// sysmon thread when it sleeps; raw calls brought it to 1.09-1.17x.
+// Blocking in ppoll(2) on the socket and an eventfd (to honour moved
+// deadlines and Close) measured 52.5 µs per round trip against the poller
+// floor's 49.7 µs in the same run: not faster, and it holds a thread per
+// wait.
 package channel
 
 import (
