@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -944,4 +945,16 @@ func TestFileConn(t *testing.T) {
 			t.Fatalf("Recv() = %q, %v", s, err)
 		}
 	})
+}
+
+// TestSendToGonePeer: Send to a closed peer is EPIPE, as an error (the
+// package sends with MSG_NOSIGNAL), never a SIGPIPE.
+func TestSendToGonePeer(t *testing.T) {
+	a, b := pair(t)
+	b.Close()
+	for _, v := range []any{1, jsonString(a.dgram + 10)} {
+		if err := a.Send(v); !errors.Is(err, syscall.EPIPE) {
+			t.Fatalf("Send() to a closed peer: error = %v, want EPIPE", err)
+		}
+	}
 }
