@@ -59,8 +59,12 @@ func newRecvOp(rc syscall.RawConn) *sysop {
 
 func (op *sysop) sendmsg(fd uintptr) bool {
 	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
-	op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.p, op.oob, unix.MSG_NOSIGNAL)
-	return op.err != unix.EAGAIN
+	for {
+		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.p, op.oob, unix.MSG_NOSIGNAL)
+		if op.err != unix.EINTR {
+			return op.err != unix.EAGAIN
+		}
+	}
 }
 
 func (op *sysop) recvmsg(fd uintptr) bool {
@@ -68,7 +72,7 @@ func (op *sysop) recvmsg(fd uintptr) bool {
 		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
 		// A SEQPACKET peer that closed with our data unread makes the kernel
 		// report ECONNRESET once, before the datagrams it had sent us.
-		if op.err != unix.ECONNRESET {
+		if op.err != unix.ECONNRESET && op.err != unix.EINTR {
 			return op.err != unix.EAGAIN
 		}
 	}
@@ -79,9 +83,9 @@ func (op *sysop) recvmsg(fd uintptr) bool {
 //
 // It is a raw syscall: the socket is non-blocking, so the call never waits,
 // and skipping the runtime's entersyscall spares a wake-up of its sysmon
-// thread per call, which measured as a large part of a round trip. A raw
-// syscall is not interrupted by signals handled in Go, so there is no
-// EINTR either.
+// thread per call, which measured as a large part of a round trip. A call
+// that never sleeps is not interrupted by signals; the callers retry EINTR
+// all the same, at the cost of one comparison.
 func msg(trap, fd uintptr, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
 	var iov unix.Iovec
 	var h unix.Msghdr
