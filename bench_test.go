@@ -8,6 +8,7 @@ package channel
 // bench.sh runs them all and prints the ratios.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"net/rpc/jsonrpc"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -66,17 +68,24 @@ func init() {
 		}
 	})
 	// The blocking floor: recvmsg and sendmsg back, on a blocking socket.
+	// With the argument "api", it also does what the API demands (apiWork).
 	Register("bench-raw-echo", func(c *Conn) error {
 		fd, f := rawSocket(c, true)
 		defer f.Close()
+		w := apiWork{on: len(os.Args) > 1 && os.Args[1] == "api"}
 		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 		for {
 			n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 			if err != nil || n == 0 {
 				return err
 			}
-			_, err = unix.SendmsgN(fd, buf[:n], oob[:oobn], nil, unix.MSG_NOSIGNAL)
-			closeFds(parseRights(oob[:oobn], nil))
+			fds, files := w.take(parseRights(oob[:oobn], nil))
+			v, err := w.decode(buf[:n])
+			if err != nil {
+				return err
+			}
+			_, err = unix.SendmsgN(fd, w.frame(v, buf[:n]), oob[:oobn], nil, unix.MSG_NOSIGNAL)
+			w.close(fds, files)
 			if err != nil {
 				return err
 			}
@@ -84,6 +93,7 @@ func init() {
 	})
 	// The poller floor: the same through the runtime poller.
 	Register("bench-poller-echo", func(c *Conn) error {
+		w := apiWork{on: len(os.Args) > 1 && os.Args[1] == "api"}
 		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 		for {
 			n, oobn, _, _, err := c.uc.ReadMsgUnix(buf, oob)
@@ -93,21 +103,13 @@ func init() {
 			if err != nil {
 				return err
 			}
-			fds := parseRights(oob[:oobn], nil)
-			if len(os.Args) > 1 && os.Args[1] == "osfile" {
-				// As a user of RecvWithFds gets them: *os.File first.
-				var files []*os.File
-				for _, fd := range fds {
-					files = append(files, os.NewFile(uintptr(fd), "fd"))
-				}
-				_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
-				for _, f := range files {
-					f.Close()
-				}
-			} else {
-				_, _, err = c.uc.WriteMsgUnix(buf[:n], oob[:oobn], nil)
-				closeFds(fds)
+			fds, files := w.take(parseRights(oob[:oobn], nil))
+			v, err := w.decode(buf[:n])
+			if err != nil {
+				return err
 			}
+			_, _, err = c.uc.WriteMsgUnix(w.frame(v, buf[:n]), oob[:oobn], nil)
+			w.close(fds, files)
 			if err != nil {
 				return err
 			}
@@ -183,6 +185,66 @@ func init() {
 	})
 }
 
+// apiWork is what the signatures of the four verbs make any
+// implementation do besides moving bytes: encode and decode the value with
+// encoding/json, and hand each received fd over as an *os.File, which its
+// user closes. The floors named +api do it; with on false it does nothing,
+// and the floor moves smallFrame as it is.
+type apiWork struct {
+	on  bool
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// frame returns the frame that carries v: the value encoded anew, or
+// without the work, raw as it is.
+func (w *apiWork) frame(v Small, raw []byte) []byte {
+	if !w.on {
+		return raw
+	}
+	if w.enc == nil {
+		w.enc = json.NewEncoder(&w.buf)
+		w.enc.SetEscapeHTML(false)
+	}
+	w.buf.Reset()
+	w.buf.Write(make([]byte, headerLen))
+	w.enc.Encode(v)
+	b := w.buf.Bytes()[:w.buf.Len()-1]
+	putHeader(b, len(b)-headerLen)
+	return b
+}
+
+func (w *apiWork) decode(frame []byte) (Small, error) {
+	var v Small
+	if !w.on {
+		return v, nil
+	}
+	err := json.Unmarshal(frame[headerLen:], &v)
+	return v, err
+}
+
+// take makes received fds *os.File, as RecvWithFds does.
+func (w *apiWork) take(fds []int) ([]int, []*os.File) {
+	if !w.on || len(fds) == 0 {
+		return fds, nil
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "fd")
+	}
+	return fds, files
+}
+
+// close closes what take returned.
+func (w *apiWork) close(fds []int, files []*os.File) {
+	if files == nil {
+		closeFds(fds)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+}
+
 // rawSocket turns c into a raw descriptor, blocking or not; f owns it.
 func rawSocket(c *Conn, blocking bool) (int, *os.File) {
 	f, err := c.File()
@@ -221,54 +283,49 @@ func startBench(b *testing.B, name string, setup func(*exec.Cmd), args ...string
 // BenchmarkRoundTrip sends the Small value to a child and back.
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, fds := range []int{0, 1} {
-		b.Run(fmt.Sprintf("fds=%d/impl=blocking", fds), func(b *testing.B) {
-			c := startBench(b, "bench-raw-echo", nil)
-			fd, f := rawSocket(c, true)
-			defer f.Close()
-			oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := unix.SendmsgN(fd, smallFrame, oob, nil, unix.MSG_NOSIGNAL); err != nil {
-					b.Fatal(err)
+		// Each floor, and each +api: the same doing apiWork on both sides,
+		// the least an implementation of the four verbs can cost.
+		for _, fl := range []string{"blocking", "blocking+api", "poller", "poller+api"} {
+			b.Run(fmt.Sprintf("fds=%d/impl=%s", fds, fl), func(b *testing.B) {
+				floor, work, _ := strings.Cut(fl, "+")
+				w := apiWork{on: work == "api"}
+				child, args := "bench-poller-echo", []string(nil)
+				if floor == "blocking" {
+					child = "bench-raw-echo"
 				}
-				_, oobn, _, _, err := unix.Recvmsg(fd, rbuf, roob, unix.MSG_CMSG_CLOEXEC)
-				if err != nil {
-					b.Fatal(err)
+				if w.on {
+					args = []string{"api"}
 				}
-				closeFds(parseRights(roob[:oobn], nil))
-			}
-		})
-		// The poller floor; and with fds, the same with each received fd
-		// made an *os.File as soon as it arrives and closed as such, as
-		// RecvWithFds's API has it.
-		floors := []struct {
-			name  string
-			args  []string
-			close func([]int)
-		}{{"poller", nil, closeFds}}
-		if fds == 1 {
-			floors = append(floors, struct {
-				name  string
-				args  []string
-				close func([]int)
-			}{"poller-osfile", []string{"osfile"}, closeAsFiles})
-		}
-		for _, fl := range floors {
-			b.Run(fmt.Sprintf("fds=%d/impl=%s", fds, fl.name), func(b *testing.B) {
-				c := startBench(b, "bench-poller-echo", nil, fl.args...)
+				c := startBench(b, child, nil, args...)
+				send, recv := c.uc.WriteMsgUnix, c.uc.ReadMsgUnix
+				if floor == "blocking" {
+					fd, f := rawSocket(c, true)
+					defer f.Close()
+					send = func(p, oob []byte, _ *net.UnixAddr) (int, int, error) {
+						n, err := unix.SendmsgN(fd, p, oob, nil, unix.MSG_NOSIGNAL)
+						return n, len(oob), err
+					}
+					recv = func(p, oob []byte) (int, int, int, *net.UnixAddr, error) {
+						n, oobn, flags, _, err := unix.Recvmsg(fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+						return n, oobn, flags, nil, err
+					}
+				}
 				oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					if _, _, err := c.uc.WriteMsgUnix(smallFrame, oob, nil); err != nil {
+					if _, _, err := send(w.frame(smallValue, smallFrame), oob, nil); err != nil {
 						b.Fatal(err)
 					}
-					_, oobn, _, _, err := c.uc.ReadMsgUnix(rbuf, roob)
+					n, oobn, _, _, err := recv(rbuf, roob)
 					if err != nil {
 						b.Fatal(err)
 					}
-					fl.close(parseRights(roob[:oobn], nil))
+					fds, files := w.take(parseRights(roob[:oobn], nil))
+					if _, err := w.decode(rbuf[:n]); err != nil {
+						b.Fatal(err)
+					}
+					w.close(fds, files)
 				}
 			})
 		}
@@ -348,13 +405,6 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		}
 	})
-}
-
-// closeAsFiles makes each fd an *os.File and closes that.
-func closeAsFiles(fds []int) {
-	for _, fd := range fds {
-		os.NewFile(uintptr(fd), "fd").Close()
-	}
 }
 
 // sendOOB is the control data for fds files (os.Stdin, again and again).
