@@ -56,7 +56,8 @@ type Conn struct {
 	// smu is held for a whole message sent; it guards the fields below.
 	smu   sync.Mutex
 	sop   *sysop
-	sbuf  bytes.Buffer // header and JSON of the message being sent
+	hdr   [headerLen]byte
+	sbuf  bytes.Buffer // the JSON of the message being sent, unless a RawMessage
 	enc   *json.Encoder
 	soob  []byte
 	dgram int   // largest datagram to send: SO_SNDBUF-32, halved on EMSGSIZE
@@ -68,6 +69,7 @@ type Conn struct {
 	rbuf  []byte // the first datagram of a message; allocated on first use
 	rlen  int    // len(rbuf): SO_SNDBUF when the Conn was made
 	msg   []byte // a message of several datagrams, being reassembled
+	from  int    // where msg's memory came from: fromSpare, fromMake, fromCaller
 	spare []byte // the last msg, kept for the next if at most maxSpare
 	have  int    // bytes of msg received so far; msg == nil when none is due
 	fds   []int  // fds of the message being received, not yet handed out
@@ -155,6 +157,13 @@ func FileConn(f *os.File) (*Conn, error) {
 	return c, nil
 }
 
+// Where the memory of a message being reassembled came from.
+const (
+	fromSpare  = iota // the Conn's spare, which it reuses
+	fromMake          // allocated for this message
+	fromCaller        // the json.RawMessage of the Recv under way
+)
+
 const (
 	// minDgram is the smallest datagram Send falls back to on EMSGSIZE.
 	minDgram = 1024
@@ -177,12 +186,13 @@ func (c *Conn) File() (*os.File, error) {
 // the kernel has taken the whole message, which waits while the peer's
 // receive queue is full; a write deadline bounds the wait.
 //
-// A json.RawMessage is checked to be valid JSON and sent as it is (not
-// compacted, as encoding/json would). An error from encoding/json, or a
-// value whose JSON is over 64 MiB, is returned before anything is written. If a message of several datagrams
-// fails part-way (deadline, Close, peer gone), the send side is broken and
-// every later Send returns an error, so the peer never sees half a value
-// followed by another.
+// A json.RawMessage is checked to be valid JSON and sent as it is, from
+// its own memory (not compacted, as encoding/json would). An error from
+// encoding/json, or a value whose JSON is over 64 MiB, is returned before
+// anything is written. If a message of several datagrams fails part-way
+// (deadline, Close, peer gone), the send side is broken and every later
+// Send returns an error, so the peer never sees half a value followed by
+// another.
 func (c *Conn) Send(v any) error {
 	return c.send(v, nil)
 }
@@ -212,31 +222,34 @@ func (c *Conn) send(v any, files []*os.File) error {
 	if c.serr != nil {
 		return c.serr
 	}
-	var hdr [headerLen]byte
-	c.sbuf.Reset()
-	c.sbuf.Write(hdr[:])
-	if raw, ok := v.(json.RawMessage); ok && json.Valid(raw) {
-		// As Encode would, less a second pass to compact it.
-		c.sbuf.Grow(len(raw))
-		c.sbuf.Write(raw)
-	} else if err := c.enc.Encode(v); err != nil {
-		return fmt.Errorf("channel: %w", err)
+	var body []byte // the JSON to send
+	if raw, ok := v.(json.RawMessage); ok && (validJSON(raw) || json.Valid(raw)) {
+		body = raw // as it is, from the caller's memory: no copy, no compaction
 	} else {
-		c.sbuf.Truncate(c.sbuf.Len() - 1) // Encode ends the value with a newline
+		c.sbuf.Reset()
+		if err := c.enc.Encode(v); err != nil {
+			return fmt.Errorf("channel: %w", err)
+		}
+		body = c.sbuf.Bytes()[:c.sbuf.Len()-1] // Encode ends the value with a newline
 	}
-	b := c.sbuf.Bytes()
-	if n := len(b) - headerLen; n > maxLen {
-		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", n, maxLen)
+	if len(body) > maxLen {
+		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", len(body), maxLen)
 	}
-	putHeader(b, len(b)-headerLen)
+	hdr := c.hdr[:]
+	putHeader(hdr, len(body))
 	oob, err := putRights(c.soob, files)
 	if err != nil {
 		return err
 	}
 	c.soob = oob[:0]
-	for off := 0; off < len(b); {
-		end := min(len(b), off+c.dgram)
-		err := c.sop.send(b[off:end], oob)
+	// The message is hdr then body, cut into datagrams of c.dgram bytes.
+	for off, total := 0, headerLen+len(body); off < total; {
+		end := min(total, off+c.dgram)
+		head, p := hdr, body[:end-headerLen]
+		if off > 0 {
+			head, p = nil, body[off-headerLen:end-headerLen]
+		}
+		err := c.sop.send(head, p, oob)
 		if errors.Is(err, unix.EMSGSIZE) && c.dgram > minDgram {
 			// Someone lowered SO_SNDBUF: use smaller datagrams.
 			c.dgram = max(c.dgram/2, minDgram)
@@ -266,6 +279,11 @@ func (c *Conn) send(v any, files []*os.File) error {
 // carried files, Recv closes them and returns an error; use RecvWithFds.
 // A malformed frame breaks the receive side: that Recv and every later one
 // return the same error.
+//
+// Recv into a json.RawMessage checks the JSON with one fast pass and reuses
+// the RawMessage's memory when it has room, as json.Unmarshal does; a long
+// message is reassembled there directly. So that memory may be written also
+// by a Recv that fails, but never after Recv has returned.
 func (c *Conn) Recv(v any) error {
 	_, err := c.recv(v, false)
 	return err
@@ -290,7 +308,8 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 	if c.rerr != nil {
 		return nil, c.rerr
 	}
-	data, err := c.readMsg()
+	raw, _ := v.(*json.RawMessage)
+	data, inRaw, err := c.readMsg(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -300,9 +319,13 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 		ferr = fmt.Errorf("channel: message carried %d files, closed: receive it with RecvWithFds", len(fds))
 	}
 	if ferr == nil {
-		if raw, ok := v.(*json.RawMessage); ok && json.Valid(data) {
-			// As Unmarshal would, less its second pass over the value.
-			*raw = append((*raw)[:0], data...)
+		if raw != nil && (validJSON(data) || json.Valid(data)) {
+			// As Unmarshal would, with one fast pass over the value.
+			if data = trimSpace(data); inRaw {
+				*raw = data
+			} else {
+				*raw = append((*raw)[:0], data...)
+			}
 		} else if err := json.Unmarshal(data, v); err != nil {
 			ferr = fmt.Errorf("channel: %w", err)
 		}
@@ -322,29 +345,35 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 }
 
 // readMsg reads datagrams until a whole message has arrived, and returns its
-// JSON. The fds that came with it are in c.fds.
-func (c *Conn) readMsg() ([]byte, error) {
+// JSON; the fds that came with it are in c.fds. For a Recv into a
+// json.RawMessage, raw is not nil: then a message of several datagrams is
+// reassembled in *raw's memory if it has room, or else in new memory, and
+// inRaw says that the caller may keep the JSON returned without a copy.
+func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error) {
 	if c.msg == nil {
 		if c.rbuf == nil {
 			c.rbuf = make([]byte, c.rlen)
 		}
 		n, err := c.datagram(c.rbuf, true)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		d := c.rbuf[:n]
 		want, err := parseHeader(d)
 		if err != nil {
-			return nil, c.broken(err)
+			return nil, false, c.broken(err)
 		}
 		if len(d)-headerLen == want {
-			return d[headerLen:], nil
+			return d[headerLen:], false, nil
 		}
 		// parseHeader bounded want: allocating it is safe.
-		if cap(c.spare) >= want {
-			c.msg = c.spare[:want]
-		} else {
-			c.msg = make([]byte, want)
+		switch {
+		case raw != nil && cap(*raw) >= want:
+			c.msg, c.from = (*raw)[:want], fromCaller
+		case raw == nil && cap(c.spare) >= want:
+			c.msg, c.from = c.spare[:want], fromSpare
+		default:
+			c.msg, c.from = make([]byte, want), fromMake
 		}
 		c.have = copy(c.msg, d[headerLen:])
 	}
@@ -352,22 +381,32 @@ func (c *Conn) readMsg() ([]byte, error) {
 		n, err := c.datagram(c.msg[c.have:], false)
 		if err == io.EOF {
 			c.drop()
-			return nil, io.ErrUnexpectedEOF
+			return nil, false, io.ErrUnexpectedEOF
 		}
 		if err != nil {
-			return nil, err
+			if c.msg != nil && c.from == fromCaller {
+				// The next call resumes the message: in memory of our own,
+				// for the caller's is theirs again once this call returns.
+				m := make([]byte, len(c.msg))
+				copy(m, c.msg[:c.have])
+				c.msg, c.from = m, fromMake
+			}
+			return nil, false, err
 		}
 		if n == 0 {
-			return nil, c.broken(fmt.Errorf("%w: empty datagram", errFrame))
+			return nil, false, c.broken(fmt.Errorf("%w: empty datagram", errFrame))
 		}
 		c.have += n
 	}
 	msg := c.msg
 	c.msg = nil
+	if raw != nil && c.from != fromSpare {
+		return msg, true, nil
+	}
 	if cap(msg) <= maxSpare {
 		c.spare = msg // the caller is done with msg before the next message
 	}
-	return msg, nil
+	return msg, false, nil
 }
 
 // datagram receives one datagram of a message into p.

@@ -37,6 +37,7 @@ const maxFds = 253
 type sysop struct {
 	rc   syscall.RawConn
 	fn   func(fd uintptr) bool
+	head []byte // sendmsg only: sent before p, in the same datagram
 	p    []byte
 	oob  []byte
 	n    int
@@ -60,7 +61,7 @@ func newRecvOp(rc syscall.RawConn) *sysop {
 func (op *sysop) sendmsg(fd uintptr) bool {
 	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
 	for {
-		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.p, op.oob, unix.MSG_NOSIGNAL)
+		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL)
 		if op.err != unix.EINTR {
 			return op.err != unix.EAGAIN
 		}
@@ -69,7 +70,7 @@ func (op *sysop) sendmsg(fd uintptr) bool {
 
 func (op *sysop) recvmsg(fd uintptr) bool {
 	for {
-		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
+		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
 		// A SEQPACKET peer that closed with our data unread makes the kernel
 		// report ECONNRESET once, before the datagrams it had sent us.
 		if op.err != unix.ECONNRESET && op.err != unix.EINTR {
@@ -78,22 +79,29 @@ func (op *sysop) recvmsg(fd uintptr) bool {
 	}
 }
 
-// msg makes one sendmsg or recvmsg call and returns the bytes moved and,
-// for recvmsg, the control bytes received and msg_flags.
+// msg makes one sendmsg or recvmsg call on the bytes of head then p, and
+// returns the bytes moved and, for recvmsg, the control bytes received and
+// msg_flags.
 //
 // It is a raw syscall: the socket is non-blocking, so the call never waits,
 // and skipping the runtime's entersyscall spares a wake-up of its sysmon
 // thread per call, which measured as a large part of a round trip. A call
 // that never sleeps is not interrupted by signals; the callers retry EINTR
 // all the same, at the cost of one comparison.
-func msg(trap, fd uintptr, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
-	var iov unix.Iovec
+func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
+	var iov [2]unix.Iovec
 	var h unix.Msghdr
-	if len(p) > 0 {
-		iov.Base = &p[0]
-		iov.SetLen(len(p))
-		h.Iov = &iov
-		h.SetIovlen(1)
+	k := 0
+	for _, b := range [2][]byte{head, p} {
+		if len(b) > 0 {
+			iov[k].Base = &b[0]
+			iov[k].SetLen(len(b))
+			k++
+		}
+	}
+	if k > 0 {
+		h.Iov = &iov[0]
+		h.SetIovlen(k)
 	}
 	if len(oob) > 0 {
 		h.Control = &oob[0]
@@ -106,11 +114,11 @@ func msg(trap, fd uintptr, p, oob []byte, flags int) (n, oobn, outflags int, err
 	return int(r), int(h.Controllen), int(h.Flags), nil
 }
 
-// send sends p with the control data oob as one datagram.
-func (op *sysop) send(p, oob []byte) error {
-	op.p, op.oob = p, oob
+// send sends head then p, with the control data oob, as one datagram.
+func (op *sysop) send(head, p, oob []byte) error {
+	op.head, op.p, op.oob = head, p, oob
 	err := op.rc.Write(op.fn)
-	op.p, op.oob = nil, nil
+	op.head, op.p, op.oob = nil, nil, nil
 	return opErr("sendmsg", err, op.err)
 }
 

@@ -552,8 +552,12 @@ func TestRawMessage(t *testing.T) {
 	if err := c.Recv(&raw); !errors.As(err, &se) {
 		t.Fatalf("Recv(&RawMessage) of invalid JSON: error = %v, want a *json.SyntaxError", err)
 	}
-	if err := c.Recv(&raw); err != nil || string(raw) != ` [1, 2 ] ` {
-		t.Fatalf("Recv(&RawMessage) = %q, %v; want the bytes as sent", raw, err)
+	var want json.RawMessage
+	if err := json.Unmarshal([]byte(` [1, 2 ] `), &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Recv(&raw); err != nil || string(raw) != string(want) {
+		t.Fatalf("Recv(&RawMessage) = %q, %v; want %q, the value without the space around it, as json.Unmarshal gives", raw, err, want)
 	}
 	if err := c.Send(json.RawMessage(`{ "b" : [true] }`)); err != nil {
 		t.Fatal(err)
@@ -562,5 +566,53 @@ func TestRawMessage(t *testing.T) {
 	n, err := unix.Read(peer, buf)
 	if err != nil || string(buf[headerLen:n]) != `{ "b" : [true] }` {
 		t.Fatalf("peer read %q, %v; want the RawMessage as it was", buf[:n], err)
+	}
+}
+
+// TestRawMessageInPlace: a json.RawMessage of several datagrams is
+// reassembled in the memory of the RawMessage received into, when it has
+// room, and that memory is left alone once a Recv has returned, even one
+// that timed out half-way through the message.
+func TestRawMessageInPlace(t *testing.T) {
+	c, peer := rawPair(t)
+	value := jsonString(3000)
+	sendParts := func(parts ...[]byte) {
+		for _, p := range parts {
+			rawSend(t, peer, p)
+		}
+	}
+	first, second, third := frame(len(value), string(value[:1000])), value[1000:2000], value[2000:]
+
+	raw := make(json.RawMessage, 0, 4096)
+	mem := &raw[:1][0]
+	sendParts(first, second, third)
+	if err := c.Recv(&raw); err != nil || string(raw) != string(value) {
+		t.Fatalf("Recv = %.20q..., %v; want the value", raw, err)
+	}
+	if &raw[0] != mem {
+		t.Fatal("Recv did not reassemble the value in the RawMessage's memory")
+	}
+	small := make(json.RawMessage, 0, 10)
+	sendParts(first, second, third)
+	if err := c.Recv(&small); err != nil || string(small) != string(value) {
+		t.Fatalf("Recv into a small RawMessage = %.20q..., %v; want the value", small, err)
+	}
+
+	// Half a message, a timeout, then the rest into another variable.
+	buf := make(json.RawMessage, 0, 4096)
+	sendParts(first, second)
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if err := c.Recv(&buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Recv of half a message: %v, want a timeout", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	before := bytes.Clone(buf[:cap(buf)])
+	sendParts(third)
+	var other json.RawMessage
+	if err := c.Recv(&other); err != nil || string(other) != string(value) {
+		t.Fatalf("resumed Recv = %.20q..., %v; want the value", other, err)
+	}
+	if !bytes.Equal(buf[:cap(buf)], before) {
+		t.Fatal("the resumed message was written into the memory of the Recv that timed out")
 	}
 }
