@@ -518,9 +518,16 @@ func FuzzConn(f *testing.F) {
 		}
 		unix.Close(peer)
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		raw := make(json.RawMessage, 0, 64) // one in two values goes here
 		for i := 0; i <= sent; i++ {
 			var v any
-			fs, err := c.RecvWithFds(&v)
+			var fs []*os.File
+			var err error
+			if i%2 == 0 {
+				fs, err = c.RecvWithFds(&v)
+			} else if fs, err = c.RecvWithFds(&raw); err == nil && !json.Valid(raw) {
+				t.Fatalf("Recv into a json.RawMessage accepted %q", raw)
+			}
 			for _, f := range fs {
 				f.Close()
 			}
@@ -562,10 +569,23 @@ func TestRawMessage(t *testing.T) {
 	if err := c.Send(json.RawMessage(`{ "b" : [true] }`)); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 64)
+	buf := make([]byte, 4096)
 	n, err := unix.Read(peer, buf)
 	if err != nil || string(buf[headerLen:n]) != `{ "b" : [true] }` {
 		t.Fatalf("peer read %q, %v; want the RawMessage as it was", buf[:n], err)
+	}
+	// Nested deeper than validJSON looks: json.Valid decides, and the
+	// value still goes as it is.
+	deep := strings.Repeat("[ ", 600) + strings.Repeat("] ", 600)
+	if err := c.Send(json.RawMessage(deep)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err = unix.Read(peer, buf); err != nil || string(buf[headerLen:n]) != deep {
+		t.Fatalf("peer read %.20q, %v; want the RawMessage as it was", buf[:n], err)
+	}
+	rawSend(t, peer, frame(len(deep), deep))
+	if err := c.Recv(&raw); err != nil || string(raw) != strings.TrimSpace(deep) {
+		t.Fatalf("Recv(&RawMessage) of a deep value = %.20q, %v", raw, err)
 	}
 }
 
