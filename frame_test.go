@@ -88,6 +88,26 @@ func TestValidJSON(t *testing.T) {
 	}
 }
 
+// TestSpecial puts each byte value in each of the 8 lanes of a word of
+// other bytes, and checks special against the bytes one by one.
+func TestSpecial(t *testing.T) {
+	for c := range 256 {
+		for lane := range 8 {
+			for _, fill := range []byte{'x', ' ', '!', '#', '[', ']', 0x7f, 0x80, 0xff} {
+				w := bytes.Repeat([]byte{fill}, 8)
+				w[lane] = byte(c)
+				want := false
+				for _, b := range w {
+					want = want || b == '"' || b == '\\' || b < 0x20
+				}
+				if got := special(binary.LittleEndian.Uint64(w)) != 0; got != want {
+					t.Fatalf("special(% x) != 0 is %v, want %v", w, got, want)
+				}
+			}
+		}
+	}
+}
+
 // FuzzValidJSON checks that validJSON agrees with json.Valid, except that
 // it may leave values nested over 512 deep to json.Valid; what matters is
 // that it never accepts what json.Valid refuses.
