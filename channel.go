@@ -56,8 +56,8 @@ type Conn struct {
 	// smu is held for a whole message sent; it guards the fields below.
 	smu   sync.Mutex
 	sop   *sysop
-	hdr   [headerLen]byte
-	sbuf  bytes.Buffer // the JSON of the message being sent, unless a RawMessage
+	hdr   [headerLen]byte // the header of the message being sent
+	sbuf  bytes.Buffer    // the JSON of the message being sent, unless a RawMessage
 	enc   *json.Encoder
 	soob  []byte
 	dgram int   // largest datagram to send: SO_SNDBUF-32, halved on EMSGSIZE
