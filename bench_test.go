@@ -67,37 +67,16 @@ func init() {
 			}
 		}
 	})
-	// The blocking floor: recvmsg and sendmsg back, on a blocking socket.
-	// With the argument "api", it also does what the API demands (apiWork).
-	Register("bench-raw-echo", func(c *Conn) error {
-		fd, f := rawSocket(c, true)
-		defer f.Close()
-		w := apiWork{on: len(os.Args) > 1 && os.Args[1] == "api"}
+	// The floors' child: recvmsg and sendmsg back. os.Args[1] names the
+	// floor (see floorIO); with "api" after it, it also does apiWork.
+	Register("bench-floor-echo", func(c *Conn) error {
+		send, recv, done := floorIO(c, os.Args[1])
+		defer done()
+		w := apiWork{on: len(os.Args) > 2 && os.Args[2] == "api"}
 		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 		for {
-			n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
-			if err != nil || n == 0 {
-				return err
-			}
-			fds, files := w.take(parseRights(oob[:oobn], nil))
-			v, err := w.decode(buf[:n])
-			if err != nil {
-				return err
-			}
-			_, err = unix.SendmsgN(fd, w.frame(v, buf[:n]), oob[:oobn], nil, unix.MSG_NOSIGNAL)
-			w.close(fds, files)
-			if err != nil {
-				return err
-			}
-		}
-	})
-	// The poller floor: the same through the runtime poller.
-	Register("bench-poller-echo", func(c *Conn) error {
-		w := apiWork{on: len(os.Args) > 1 && os.Args[1] == "api"}
-		buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
-		for {
-			n, oobn, _, _, err := c.uc.ReadMsgUnix(buf, oob)
-			if errors.Is(err, io.EOF) {
+			n, oobn, err := recv(buf, oob)
+			if errors.Is(err, io.EOF) || err == nil && n == 0 {
 				return nil
 			}
 			if err != nil {
@@ -108,7 +87,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			_, _, err = c.uc.WriteMsgUnix(w.frame(v, buf[:n]), oob[:oobn], nil)
+			err = send(w.frame(v, buf[:n]), oob[:oobn])
 			w.close(fds, files)
 			if err != nil {
 				return err
@@ -247,6 +226,46 @@ func (w *apiWork) close(fds []int, files []*os.File) {
 	}
 }
 
+// floorIO returns how a floor sends and receives one datagram on c, and
+// what to call when done:
+//   - blocking: blocking sendmsg and recvmsg (golang.org/x/sys/unix);
+//   - poller: the runtime poller, as a user of net.UnixConn has it;
+//   - raw: the runtime poller with this package's raw sendmsg and recvmsg.
+func floorIO(c *Conn, floor string) (send func(p, oob []byte) error, recv func(p, oob []byte) (n, oobn int, err error), done func()) {
+	switch floor {
+	case "blocking":
+		fd, f := rawSocket(c, true)
+		send = func(p, oob []byte) error {
+			_, err := unix.SendmsgN(fd, p, oob, nil, unix.MSG_NOSIGNAL)
+			return err
+		}
+		recv = func(p, oob []byte) (int, int, error) {
+			n, oobn, _, _, err := unix.Recvmsg(fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+			return n, oobn, err
+		}
+		return send, recv, func() { f.Close() }
+	case "raw":
+		send = func(p, oob []byte) error { return c.sop.send(nil, p, oob) }
+		recv = func(p, oob []byte) (int, int, error) {
+			op := c.rop
+			op.p = p
+			err := opErr("recvmsg", op.rc.Read(op.fn), op.err)
+			op.p = nil
+			return op.n, copy(oob, op.oob[:op.oobn]), err
+		}
+	default:
+		send = func(p, oob []byte) error {
+			_, _, err := c.uc.WriteMsgUnix(p, oob, nil)
+			return err
+		}
+		recv = func(p, oob []byte) (int, int, error) {
+			n, oobn, _, _, err := c.uc.ReadMsgUnix(p, oob)
+			return n, oobn, err
+		}
+	}
+	return send, recv, func() {}
+}
+
 // rawSocket turns c into a raw descriptor, blocking or not; f owns it.
 func rawSocket(c *Conn, blocking bool) (int, *os.File) {
 	f, err := c.File()
@@ -286,40 +305,22 @@ func startBench(b *testing.B, name string, setup func(*exec.Cmd), args ...string
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, fds := range []int{0, 1} {
 		// Each floor, and each +api: the same doing apiWork on both sides,
-		// the least an implementation of the four verbs can cost.
-		for _, fl := range []string{"blocking", "blocking+api", "poller", "poller+api"} {
+		// the least an implementation of the four verbs can cost there.
+		for _, fl := range []string{"blocking", "blocking+api", "poller", "poller+api", "raw", "raw+api"} {
 			b.Run(fmt.Sprintf("fds=%d/impl=%s", fds, fl), func(b *testing.B) {
 				floor, work, _ := strings.Cut(fl, "+")
+				c := startBench(b, "bench-floor-echo", nil, floor, work)
+				send, recv, done := floorIO(c, floor)
+				defer done()
 				w := apiWork{on: work == "api"}
-				child, args := "bench-poller-echo", []string(nil)
-				if floor == "blocking" {
-					child = "bench-raw-echo"
-				}
-				if w.on {
-					args = []string{"api"}
-				}
-				c := startBench(b, child, nil, args...)
-				send, recv := c.uc.WriteMsgUnix, c.uc.ReadMsgUnix
-				if floor == "blocking" {
-					fd, f := rawSocket(c, true)
-					defer f.Close()
-					send = func(p, oob []byte, _ *net.UnixAddr) (int, int, error) {
-						n, err := unix.SendmsgN(fd, p, oob, nil, unix.MSG_NOSIGNAL)
-						return n, len(oob), err
-					}
-					recv = func(p, oob []byte) (int, int, int, *net.UnixAddr, error) {
-						n, oobn, flags, _, err := unix.Recvmsg(fd, p, oob, unix.MSG_CMSG_CLOEXEC)
-						return n, oobn, flags, nil, err
-					}
-				}
 				oob, rbuf, roob := sendOOB(b, fds), make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4))
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					if _, _, err := send(w.frame(smallValue, smallFrame), oob, nil); err != nil {
+					if err := send(w.frame(smallValue, smallFrame), oob); err != nil {
 						b.Fatal(err)
 					}
-					n, oobn, _, _, err := recv(rbuf, roob)
+					n, oobn, err := recv(rbuf, roob)
 					if err != nil {
 						b.Fatal(err)
 					}
