@@ -315,6 +315,12 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 	}
 	fds, ferr := c.fds, c.ferr
 	c.fds, c.ferr = c.fds[:0], nil
+	done := false
+	defer func() {
+		if !done { // a panic in the caller's UnmarshalJSON
+			closeFds(fds)
+		}
+	}()
 	if ferr == nil && !wantFds && len(fds) > 0 {
 		ferr = fmt.Errorf("channel: message carried %d files, closed: receive it with RecvWithFds", len(fds))
 	}
@@ -330,6 +336,7 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 			ferr = fmt.Errorf("channel: %w", err)
 		}
 	}
+	done = true
 	if ferr != nil {
 		closeFds(fds)
 		return nil, ferr

@@ -39,6 +39,12 @@ import (
 // maxFds is SCM_MAX_FD: the kernel refuses more fds in one sendmsg.
 const maxFds = 253
 
+// oobExtra is control buffer room beyond maxFds descriptors, for what
+// socket options make the kernel add to every datagram: SCM_CREDENTIALS
+// (SO_PASSCRED), a timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS), SCM_PIDFD
+// (SO_PASSPIDFD) and an SCM_SECURITY label (SO_PASSSEC).
+const oobExtra = 512
+
 // sysop is one sendmsg or recvmsg, in a form that the runtime poller can
 // retry. Its fn is bound once, so that a call allocates nothing.
 type sysop struct {
@@ -60,15 +66,17 @@ func newSendOp(rc syscall.RawConn) *sysop {
 }
 
 func newRecvOp(rc syscall.RawConn) *sysop {
-	op := &sysop{rc: rc, oob: make([]byte, unix.CmsgSpace(maxFds*4))}
+	op := &sysop{rc: rc, oob: make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)}
 	op.fn = op.recvmsg
 	return op
 }
 
 func (op *sysop) sendmsg(fd uintptr) bool {
 	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+	// MSG_DONTWAIT: the socket's O_NONBLOCK is shared with every duplicate,
+	// and anyone may clear it; a raw call must never sleep.
 	for {
-		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL)
+		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		if op.err != unix.EINTR {
 			return op.err != unix.EAGAIN
 		}
@@ -77,7 +85,7 @@ func (op *sysop) sendmsg(fd uintptr) bool {
 
 func (op *sysop) recvmsg(fd uintptr) bool {
 	for {
-		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
+		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 		// A SEQPACKET peer that closed with our data unread makes the kernel
 		// report ECONNRESET once, before the datagrams it had sent us.
 		if op.err != unix.ECONNRESET && op.err != unix.EINTR {
@@ -90,7 +98,8 @@ func (op *sysop) recvmsg(fd uintptr) bool {
 // returns the bytes moved and, for recvmsg, the control bytes received and
 // msg_flags.
 //
-// It is a raw syscall: the socket is non-blocking, so the call never waits,
+// It is a raw syscall: the callers pass MSG_DONTWAIT, so the call never
+// waits, whatever the mode of the socket's file description,
 // and skipping the runtime's entersyscall spares a wake-up of its sysmon
 // thread per call, which measured as a large part of a round trip. A call
 // that never sleeps is not interrupted by signals; the callers retry EINTR
@@ -126,8 +135,20 @@ func (op *sysop) send(head, p, oob []byte) error {
 	op.head, op.p, op.oob = head, p, oob
 	err := op.rc.Write(op.fn)
 	op.head, op.p, op.oob = nil, nil, nil
+	if op.err == unix.ECONNRESET {
+		// A peer that closed with our data unread: the next sendmsg says
+		// ECONNRESET, the one after EPIPE. Both mean the peer is gone.
+		op.err = errPeerReset{}
+	}
 	return opErr("sendmsg", err, op.err)
 }
+
+// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
+type errPeerReset struct{}
+
+func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
+
+func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
 
 // recv receives one datagram into p and appends the fds that came with it
 // to fds. It returns recvmsg's msg_flags, of which the caller checks
@@ -182,17 +203,24 @@ func opErr(name string, pollErr, sysErr error) error {
 	return nil
 }
 
-// parseRights appends the fds of every SCM_RIGHTS message in oob to fds.
+// parseRights appends the fds of every SCM_RIGHTS message in oob to fds,
+// and closes those of any other control message (SCM_PIDFD, from
+// SO_PASSPIDFD): they are not the message's, and only we can close them.
 func parseRights(oob []byte, fds []int) []int {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
 			break
 		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
+		if h.Level == unix.SOL_SOCKET && (h.Type == unix.SCM_RIGHTS || h.Type == unix.SCM_PIDFD) {
 			data := oob[unix.CmsgLen(0):h.Len]
 			for ; len(data) >= 4; data = data[4:] {
-				fds = append(fds, int(int32(binary.NativeEndian.Uint32(data))))
+				fd := int(int32(binary.NativeEndian.Uint32(data)))
+				if h.Type == unix.SCM_RIGHTS {
+					fds = append(fds, fd)
+				} else {
+					unix.Close(fd)
+				}
 			}
 		}
 		space := unix.CmsgSpace(int(h.Len) - unix.CmsgLen(0))
