@@ -68,7 +68,10 @@ func init() {
 		}
 		defer f2.Close()
 		stop := time.Now().Add(3 * time.Second)
+		looped := make(chan struct{})
+		defer func() { <-looped }() // before f2.Close
 		go func() {
+			defer close(looped)
 			for time.Now().Before(stop) {
 				// net.FileConn flips the shared mode for a moment.
 				if x, err := FileConn(f2); err == nil {
