@@ -22,7 +22,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// envNoDispatch makes the test binary act as a program whose main forgot
+// Dispatch: it tries to Start a child and prints what Start said.
+const envNoDispatch = "CHANNEL_TEST_NO_DISPATCH"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(envNoDispatch) != "" {
+		_, err := Start(Command("echo"))
+		fmt.Printf("Start() error = %v\n", err)
+		os.Exit(0)
+	}
+	// Children built with -race sleep 1 s at exit unless told not to.
+	if _, ok := os.LookupEnv("GORACE"); !ok {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	Dispatch()
 	os.Exit(m.Run())
 }

@@ -337,7 +337,30 @@ func TestRegisterTwicePanics(t *testing.T) {
 			t.Error("Register(echo) again did not panic")
 		}
 	}()
-	Register("echo", nil)
+	Register("echo", func(*Conn) error { return nil })
+}
+
+func TestRegisterNilPanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("Register(nil-fn, nil) did not panic")
+		}
+	}()
+	Register("nil-fn", nil)
+}
+
+// TestStartWithoutDispatch: a child whose main skips Dispatch, with
+// GO_CHANNEL_REEXEC_FD still set, cannot start a second generation.
+func TestStartWithoutDispatch(t *testing.T) {
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = append(os.Environ(), envFd+"=3", envNoDispatch+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if got := string(out); !strings.Contains(got, "Start() error = ") || !strings.Contains(got, "Dispatch") {
+		t.Fatalf("child's Start() said %q, want an error naming Dispatch", got)
+	}
 }
 
 func TestChildFiles(t *testing.T) {

@@ -24,8 +24,11 @@ var children = map[string]func(*Conn) error{}
 // Register makes main the function that a child started by Command(name)
 // runs. Call it from an init function, so that the parent and the child,
 // which run the same binary, both know the name. It panics if name is
-// already registered.
+// already registered, or if main is nil.
 func Register(name string, main func(c *Conn) error) {
+	if main == nil {
+		panic("channel: Register called with a nil function for " + strconv.Quote(name))
+	}
 	childrenMu.Lock()
 	defer childrenMu.Unlock()
 	if _, dup := children[name]; dup {
@@ -83,6 +86,8 @@ func Dispatch() {
 // child registered under name, with args as its os.Args[1:]. Its
 // os.Args[0] is name, as with moby's reexec. The caller may set any field
 // of the command, Env and ExtraFiles included, before passing it to Start.
+// Its Stderr is os.Stderr, so that the child's error or panic is seen;
+// set it to something else (or nil, to discard) before Start.
 //
 // Start takes any command whose Args[0] is a registered name. To tie the
 // child to a context (and so use Cancel), make it the same way:
@@ -92,6 +97,7 @@ func Dispatch() {
 func Command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = name
+	cmd.Stderr = os.Stderr
 	return cmd
 }
 
@@ -103,6 +109,11 @@ func Command(name string, args ...string) *exec.Cmd {
 // The caller still waits for cmd: EOF alone does not prove the child is
 // dead, since it may have passed its socket on.
 func Start(cmd *exec.Cmd) (*Conn, error) {
+	if _, ok := os.LookupEnv(envFd); ok {
+		// Started by Start, and main never called Dispatch: starting
+		// another child would re-execute without end.
+		return nil, fmt.Errorf("channel: %s is set: this process was started by Start, and main must call Dispatch first", envFd)
+	}
 	if len(cmd.Args) == 0 {
 		return nil, fmt.Errorf("channel: command has no name: make it with Command")
 	}
