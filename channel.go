@@ -177,7 +177,7 @@ const (
 func (c *Conn) File() (*os.File, error) {
 	f, err := c.uc.File()
 	if err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
+		return nil, c.wrap("file", err)
 	}
 	return f, nil
 }
@@ -454,17 +454,17 @@ func (c *Conn) drop() {
 // deadline moved while a call is blocked takes effect; the zero time means
 // none.
 func (c *Conn) SetDeadline(t time.Time) error {
-	return wrap(c.uc.SetDeadline(t))
+	return c.wrap("set deadline", c.uc.SetDeadline(t))
 }
 
 // SetReadDeadline sets the deadline for Recv and RecvWithFds.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	return wrap(c.uc.SetReadDeadline(t))
+	return c.wrap("set read deadline", c.uc.SetReadDeadline(t))
 }
 
 // SetWriteDeadline sets the deadline for Send and SendWithFds.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	return wrap(c.uc.SetWriteDeadline(t))
+	return c.wrap("set write deadline", c.uc.SetWriteDeadline(t))
 }
 
 // Close closes the socket. Calls blocked in c return, and every later call
@@ -472,22 +472,33 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 // has read what was sent before. Files of a message received in part are
 // closed.
 func (c *Conn) Close() error {
-	c.closed.Store(true)
+	if c.closed.Swap(true) {
+		return closedErr("close")
+	}
 	err := c.uc.Close()
 	// Closing the socket has woken any receiver; then clean up after it.
 	c.rmu.Lock()
 	c.drop()
 	c.rmu.Unlock()
-	return wrap(err)
+	return c.wrap("close", err)
 }
 
 func closedErr(op string) error {
 	return fmt.Errorf("channel: %s: %w", op, net.ErrClosed)
 }
 
-func wrap(err error) error {
-	if err != nil {
-		err = fmt.Errorf("channel: %w", err)
+// wrap turns an error of net into ours: "channel: ", the operation and the
+// cause, without the socket addresses of a *net.OpError.
+func (c *Conn) wrap(op string, err error) error {
+	if err == nil {
+		return nil
 	}
-	return err
+	if c.closed.Load() {
+		return closedErr(op)
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return fmt.Errorf("channel: %s: %w", op, err)
 }

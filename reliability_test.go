@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -247,4 +248,27 @@ func TestPanicClosesFiles(t *testing.T) {
 		}()
 		b.RecvWithFds(new(panicky))
 	}()
+}
+
+// TestErrorsAfterClose: after Close, every call's error matches
+// net.ErrClosed and reads "channel: ", the operation and the cause.
+func TestErrorsAfterClose(t *testing.T) {
+	a, _ := pair(t)
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close() error = %v", err)
+	}
+	_, ferr := a.File()
+	for name, err := range map[string]error{
+		"Close":            a.Close(),
+		"SetDeadline":      a.SetDeadline(time.Now()),
+		"SetReadDeadline":  a.SetReadDeadline(time.Now()),
+		"SetWriteDeadline": a.SetWriteDeadline(time.Now()),
+		"File":             ferr,
+		"Send":             a.Send(1),
+		"Recv":             a.Recv(new(int)),
+	} {
+		if !errors.Is(err, net.ErrClosed) || !strings.HasPrefix(err.Error(), "channel: ") || strings.Contains(err.Error(), "@") {
+			t.Errorf("%s() after Close: error = %v, want channel: ... matching net.ErrClosed, no address", name, err)
+		}
+	}
 }
