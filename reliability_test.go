@@ -26,6 +26,7 @@ func init() {
 	// blocking mode run in a child, so that a freeze fails the test (the
 	// parent kills the child) instead of hanging it.
 	Register("freeze-gc", func(*Conn) error {
+		before := fdCount(nil)
 		a, b, err := Pair()
 		if err != nil {
 			return err
@@ -52,6 +53,23 @@ func init() {
 		runtime.GC()
 		if err := <-errc; !errors.Is(err, os.ErrDeadlineExceeded) {
 			return fmt.Errorf("Recv() error = %v, want os.ErrDeadlineExceeded", err)
+		}
+		// Close unblocks a Recv without a deadline, still in blocking mode.
+		a.SetReadDeadline(time.Time{})
+		go func() {
+			var v any
+			errc <- a.Recv(&v)
+		}()
+		for !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*Conn).Recv(") {
+			runtime.Gosched()
+		}
+		a.Close()
+		if err := <-errc; !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("Recv() after Close: error = %v, want net.ErrClosed", err)
+		}
+		b.Close()
+		if after := fdCount(nil); after != before {
+			return fmt.Errorf("open descriptors: %d before, %d after", before, after)
 		}
 		return nil
 	})
