@@ -582,3 +582,31 @@ func TestRlimitTruncatesControl(t *testing.T) {
 		t.Fatalf("child exit: %v", err)
 	}
 }
+
+// TestCommandContext: cancelling the context kills the child, and the
+// parent's Recv then returns io.EOF.
+func TestCommandContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := CommandContext(ctx, "echo")
+	c, err := Start(cmd)
+	if err != nil {
+		t.Fatalf("Start() error = %v", err)
+	}
+	defer c.Close()
+	if err := c.Send("ping"); err != nil {
+		t.Fatalf("Send() error = %v", err)
+	}
+	var v any
+	if err := c.Recv(&v); err != nil || v != "ping" {
+		t.Fatalf("Recv() = %v, %v; want ping", v, err)
+	}
+	cancel()
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if err := c.Recv(&v); err != io.EOF {
+		t.Fatalf("Recv() after cancel: error = %v, want io.EOF", err)
+	}
+	if err := cmd.Wait(); err == nil || ctx.Err() == nil {
+		t.Fatalf("Wait() = %v, want the child killed", err)
+	}
+}

@@ -4,6 +4,7 @@
 package channel
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -96,6 +97,16 @@ func Dispatch() {
 //	cmd.Args[0] = name
 func Command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = name
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// CommandContext is like Command but ties the child to ctx, as
+// exec.CommandContext does: when ctx is done before the child exits, the
+// child is killed (cmd.Cancel), and the parent's Recv then returns io.EOF.
+func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "/proc/self/exe", args...)
 	cmd.Args[0] = name
 	cmd.Stderr = os.Stderr
 	return cmd
