@@ -315,9 +315,9 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 	}
 	fds, ferr := c.fds, c.ferr
 	c.fds, c.ferr = c.fds[:0], nil
-	done := false
+	handed := false
 	defer func() {
-		if !done { // a panic in the caller's UnmarshalJSON
+		if !handed { // an error, or a panic in the caller's UnmarshalJSON
 			closeFds(fds)
 		}
 	}()
@@ -336,11 +336,10 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 			ferr = fmt.Errorf("channel: %w", err)
 		}
 	}
-	done = true
 	if ferr != nil {
-		closeFds(fds)
 		return nil, ferr
 	}
+	handed = true
 	if len(fds) == 0 {
 		return nil, nil
 	}
@@ -492,9 +491,6 @@ func closedErr(op string) error {
 func (c *Conn) wrap(op string, err error) error {
 	if err == nil {
 		return nil
-	}
-	if c.closed.Load() {
-		return closedErr(op)
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) {

@@ -90,23 +90,20 @@ func Dispatch() {
 // Its Stderr is os.Stderr, so that the child's error or panic is seen;
 // set it to something else (or nil, to discard) before Start.
 //
-// Start takes any command whose Args[0] is a registered name. To tie the
-// child to a context (and so use Cancel), make it the same way:
-//
-//	cmd := exec.CommandContext(ctx, "/proc/self/exe", args...)
-//	cmd.Args[0] = name
+// Start takes any command whose Args[0] is a registered name; to tie the
+// child to a context, use CommandContext.
 func Command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command("/proc/self/exe", args...)
-	cmd.Args[0] = name
-	cmd.Stderr = os.Stderr
-	return cmd
+	return reexec(exec.Command("/proc/self/exe", args...), name)
 }
 
 // CommandContext is like Command but ties the child to ctx, as
 // exec.CommandContext does: when ctx is done before the child exits, the
 // child is killed (cmd.Cancel), and the parent's Recv then returns io.EOF.
 func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "/proc/self/exe", args...)
+	return reexec(exec.CommandContext(ctx, "/proc/self/exe", args...), name)
+}
+
+func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 	cmd.Args[0] = name
 	cmd.Stderr = os.Stderr
 	return cmd

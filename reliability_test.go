@@ -167,8 +167,14 @@ func TestSendCutByResetIsEPIPE(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- a.Send(jsonString(4 << 20)) }()
 	buf := make([]byte, 1<<20)
-	if _, err := unix.Read(peer, buf); err != nil { // one datagram, then gone
+	if _, err := unix.Read(peer, buf); err != nil { // one datagram
 		t.Fatal(err)
+	}
+	// Then gone with the next datagram unread, which makes Linux answer
+	// the sender's next sendmsg with ECONNRESET.
+	pfd := []unix.PollFd{{Fd: int32(peer), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 10000); n != 1 || err != nil {
+		t.Fatalf("poll for the second datagram: %d, %v", n, err)
 	}
 	unix.Close(peer)
 	if err := await(t, errc, "Send"); !errors.Is(err, syscall.EPIPE) {
