@@ -532,36 +532,3 @@ func BenchmarkUnmarshal(b *testing.B) {
 		}
 	}
 }
-
-// BenchmarkJSONValid is the ceiling that checking JSON puts on large
-// values, which Send and Recv of a json.RawMessage do once each, one on
-// each side: encoding/json's scanner (json.Valid) against the package's
-// validJSON, over the string of BenchmarkThroughput and over a document of
-// numbers, keys and nesting.
-func BenchmarkJSONValid(b *testing.B) {
-	doc, _ := json.Marshal(map[string]any{"rows": func() (rows []any) {
-		for i := range 4000 {
-			rows = append(rows, map[string]any{"id": i, "name": fmt.Sprintf("row %d", i), "score": float64(i) / 7, "tags": []string{"a", "bc"}, "ok": i%2 == 0, "next": nil})
-		}
-		return rows
-	}()})
-	values := []struct {
-		name string
-		v    []byte
-	}{{"string-1MiB", jsonString(1 << 20)}, {"string-16MiB", jsonString(16 << 20)}, {fmt.Sprintf("rows-%dKiB", len(doc)>>10), doc}}
-	for _, val := range values {
-		for _, impl := range []struct {
-			name  string
-			valid func([]byte) bool
-		}{{"encoding-json", json.Valid}, {"channel", validJSON}} {
-			b.Run("value="+val.name+"/impl="+impl.name, func(b *testing.B) {
-				b.SetBytes(int64(len(val.v)))
-				for i := 0; i < b.N; i++ {
-					if !impl.valid(val.v) {
-						b.Fatal("invalid")
-					}
-				}
-			})
-		}
-	}
-}

@@ -20,7 +20,7 @@ func TestPythonPeer(t *testing.T) {
 	checkFds(t)
 	python, err := exec.LookPath("python3")
 	if err != nil {
-		t.Fatalf("python3 is needed for this test: %v", err)
+		t.Fatalf("this test needs python3 on the PATH, to run the cross-language peer testdata/peer.py: %v", err)
 	}
 	f0, f1, err := socketpair()
 	if err != nil {
