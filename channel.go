@@ -14,19 +14,22 @@
 //
 // # Who owns which descriptor
 //
-// A Conn owns its socket; Close closes it. Files passed to SendWithFds stay
-// the caller's: the kernel duplicates them into the message and the caller
-// closes its own copies when it likes. Files returned by RecvWithFds are the
-// caller's to close. FileConn and File duplicate, so each side closes its own.
+// A [Conn] owns its socket; [Conn.Close] closes it. Files passed to
+// [Conn.SendWithFds] stay the caller's: the kernel duplicates them into the
+// message and the caller closes its own copies when it likes. Files returned
+// by [Conn.RecvWithFds] are the caller's to close. [FileConn] and
+// [Conn.File] duplicate, so each side closes its own.
 //
 // # Linux only, and re-exec instead of fork
 //
 // The package uses Linux's SOCK_SEQPACKET, SCM_RIGHTS and /proc/self/exe.
 // Go cannot fork a running program safely (go.dev/issue/27505): only the
 // forking thread survives in the child, while the runtime's other threads
-// may hold its locks. Command and Start therefore start the program's own
-// binary again with the other end of a pair inherited, and Dispatch runs the
-// function registered for it under Register.
+// may hold its locks. [Command] and [Start] therefore start the program's
+// own binary again with the other end of a pair inherited, and [Dispatch]
+// runs the function registered for it under [Register]. The child finds its
+// end by the environment variable GO_CHANNEL_REEXEC_FD, which Dispatch
+// removes.
 package channel
 
 import (
@@ -78,7 +81,7 @@ type Conn struct {
 }
 
 // Pair returns the two ends of a new channel. Each end is close-on-exec and
-// non-blocking, driven by the Go runtime poller.
+// non-blocking.
 func Pair() (*Conn, *Conn, error) {
 	f0, f1, err := socketpair()
 	if err != nil {
@@ -109,8 +112,11 @@ func socketpair() (*os.File, *os.File, error) {
 
 // FileConn returns a Conn on a duplicate of f, which must be a connected
 // AF_UNIX SOCK_SEQPACKET socket, such as the other end of a Pair received
-// with RecvWithFds or inherited by a child. The duplicate is close-on-exec
-// and non-blocking; the caller still closes f.
+// with [Conn.RecvWithFds] or inherited by a child. The duplicate is
+// close-on-exec; the caller still closes f. FileConn sets O_NONBLOCK, which
+// belongs to the file description that f and its duplicate share, so f
+// becomes non-blocking too. The Conn works whatever that mode is later
+// switched to by another holder: it never waits in the kernel on it.
 //
 // Datagrams of up to f's SO_SNDBUF bytes are accepted, as read now: on one
 // machine this is at least what a peer with default settings sends.
@@ -172,8 +178,11 @@ const (
 )
 
 // File returns a duplicate of c's socket, for example to send this end of a
-// channel to another process with SendWithFds. Closing either does not
-// affect the other, but both read and write the same socket: use one.
+// channel to another process with [Conn.SendWithFds]. The duplicate is
+// close-on-exec and, like c's socket, non-blocking (O_NONBLOCK is shared by
+// both; calling its Fd method switches both to blocking, which c
+// tolerates). Closing either does not affect the other, but both read and
+// write the same socket: use one.
 func (c *Conn) File() (*os.File, error) {
 	f, err := c.uc.File()
 	if err != nil {
@@ -186,18 +195,22 @@ func (c *Conn) File() (*os.File, error) {
 // the kernel has taken the whole message, which waits while the peer's
 // receive queue is full; a write deadline bounds the wait.
 //
-// A json.RawMessage is checked to be valid JSON and sent as it is, from
-// its own memory (not compacted, as encoding/json would). An error from
-// encoding/json, or a value whose JSON is over 64 MiB, is returned before
-// anything is written. If a message of several datagrams fails part-way
-// (deadline, Close, peer gone), the send side is broken and every later
-// Send returns an error, so the peer never sees half a value followed by
-// another.
+// A [json.RawMessage] is checked to be valid JSON and sent as it is, from
+// its own memory. A *json.RawMessage goes through encoding/json, which
+// compacts it. An error from encoding/json, or a value whose JSON is over
+// 64 MiB, is returned before anything is written.
+//
+// Errors: one matching [syscall.EPIPE] when the peer is gone; one matching
+// [net.ErrClosed] when c was closed before or during the call; one
+// matching [os.ErrDeadlineExceeded] when the write deadline passed. If a
+// message of several datagrams fails part-way (deadline, Close, peer
+// gone), the send side is broken and every later Send returns an error, so
+// the peer never sees half a value followed by another.
 func (c *Conn) Send(v any) error {
 	return c.send(v, nil)
 }
 
-// SendWithFds is like Send but passes files along with v, 0 to 253 of them.
+// SendWithFds is like [Conn.Send] but passes files along with v, 0 to 253 of them.
 // The files stay the caller's: SendWithFds neither closes them nor calls
 // their Fd method, and it keeps them alive until the kernel has them. The
 // peer receives duplicates, in order, from RecvWithFds.
@@ -272,15 +285,17 @@ func (c *Conn) send(v any, files []*os.File) error {
 // deadline bounds the wait, and a Recv that times out part-way through a
 // long message loses nothing: the next call resumes it.
 //
-// Errors: io.EOF when the peer is gone at a message boundary, after every
-// message it sent has been received; io.ErrUnexpectedEOF when it went in the
+// Errors: [io.EOF] when the peer is gone at a message boundary, after every
+// message it sent has been received; [io.ErrUnexpectedEOF] when it went in the
 // middle of one. An encoding/json error when the JSON does not decode into
 // v; the message is consumed and the Conn stays usable. If the message
 // carried files, Recv closes them and returns an error; use RecvWithFds.
 // A malformed frame breaks the receive side: that Recv and every later one
-// return the same error.
+// return the same error. One matching [net.ErrClosed] when c was closed
+// before or during the call, and one matching [os.ErrDeadlineExceeded]
+// when the read deadline passed.
 //
-// Recv into a json.RawMessage checks the JSON with one fast pass and reuses
+// Recv into a [json.RawMessage] checks the JSON with one fast pass and reuses
 // the RawMessage's memory when it has room, as json.Unmarshal does; a long
 // message is reassembled there directly. So that memory may be written also
 // by a Recv that fails, but never after Recv has returned.
@@ -289,7 +304,7 @@ func (c *Conn) Recv(v any) error {
 	return err
 }
 
-// RecvWithFds is like Recv but also returns the files that came with the
+// RecvWithFds is like [Conn.Recv] but also returns the files that came with the
 // message, exactly those, in the order sent, close-on-exec. They are the
 // caller's to close. On any error the files of the message are closed.
 func (c *Conn) RecvWithFds(v any) ([]*os.File, error) {
@@ -448,28 +463,32 @@ func (c *Conn) drop() {
 	c.fds, c.ferr, c.msg, c.have = c.fds[:0], nil, nil, 0
 }
 
-// SetDeadline sets the read and write deadlines, as net.Conn does: a call
-// blocked past it returns an error matching os.ErrDeadlineExceeded. A
-// deadline moved while a call is blocked takes effect; the zero time means
-// none.
+// SetDeadline sets the read and write deadlines, as [net.Conn] does: a
+// call blocked past it returns an error matching [os.ErrDeadlineExceeded].
+// A deadline moved while a call is blocked takes effect; the zero time
+// means none.
 func (c *Conn) SetDeadline(t time.Time) error {
 	return c.wrap("set deadline", c.uc.SetDeadline(t))
 }
 
-// SetReadDeadline sets the deadline for Recv and RecvWithFds.
+// SetReadDeadline sets the deadline for [Conn.Recv] and
+// [Conn.RecvWithFds]; past it they return an error matching
+// [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetReadDeadline(t time.Time) error {
 	return c.wrap("set read deadline", c.uc.SetReadDeadline(t))
 }
 
-// SetWriteDeadline sets the deadline for Send and SendWithFds.
+// SetWriteDeadline sets the deadline for [Conn.Send] and
+// [Conn.SendWithFds]; past it they return an error matching
+// [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
 	return c.wrap("set write deadline", c.uc.SetWriteDeadline(t))
 }
 
 // Close closes the socket. Calls blocked in c return, and every later call
-// returns, an error matching net.ErrClosed. The peer receives io.EOF once it
-// has read what was sent before. Files of a message received in part are
-// closed.
+// returns, an error matching [net.ErrClosed]; so does a second Close. The
+// peer receives [io.EOF] once it has read what was sent before. Files of a
+// message received in part are closed.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return closedErr("close")

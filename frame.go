@@ -22,6 +22,7 @@
 // A datagram shorter than the header, a length over the maximum, a datagram
 // holding more JSON bytes than the length leaves to come, and a datagram
 // truncated by the receiver are protocol errors: the receiving side stops.
+
 package channel
 
 import (

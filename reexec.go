@@ -1,6 +1,7 @@
 //go:build linux
 
 // The re-exec helper: Go's substitute for fork, with a channel to the child.
+
 package channel
 
 import (
@@ -22,7 +23,7 @@ var childrenMu sync.Mutex
 // children maps a name given to Register to its function.
 var children = map[string]func(*Conn) error{}
 
-// Register makes main the function that a child started by Command(name)
+// Register makes main the function that a child started by [Command](name)
 // runs. Call it from an init function, so that the parent and the child,
 // which run the same binary, both know the name. It panics if name is
 // already registered, or if main is nil.
@@ -39,12 +40,17 @@ func Register(name string, main func(c *Conn) error) {
 }
 
 // Dispatch must be the first thing main (or TestMain) does. In a child
-// started by Start it runs the function registered for the child's name
-// with the child's end of the channel, and exits: with status 0 if the
-// function returned nil, and with status 1 and the error on stderr if it
-// returned an error. A panic in it crashes the child as any panic does
-// (status 2, the panic on stderr). In any other process Dispatch returns at
-// once.
+// started by [Start] (GO_CHANNEL_REEXEC_FD is set) it runs the function
+// registered for the child's name with the child's end of the channel, and
+// exits. In any other process Dispatch returns at once.
+//
+// The child's exit status says how it ended:
+//   - 0: the function returned nil;
+//   - 1: it returned an error, written to stderr;
+//   - 2: it panicked, and the panic is on stderr, as with any Go program;
+//   - 2: it could not start (no function registered under its name, a bad
+//     GO_CHANNEL_REEXEC_FD, a socket FileConn refuses), the reason on
+//     stderr.
 func Dispatch() {
 	v, ok := os.LookupEnv(envFd)
 	if !ok {
@@ -86,19 +92,20 @@ func Dispatch() {
 // (/proc/self/exe, the running image even if its file was replaced) as the
 // child registered under name, with args as its os.Args[1:]. Its
 // os.Args[0] is name, as with moby's reexec. The caller may set any field
-// of the command, Env and ExtraFiles included, before passing it to Start.
-// Its Stderr is os.Stderr, so that the child's error or panic is seen;
-// set it to something else (or nil, to discard) before Start.
+// of the command, Env and ExtraFiles included, before passing it to
+// [Start]. Its Stderr is [os.Stderr], so that the child's error or panic is
+// seen; set it to something else (or nil, to discard) before Start.
 //
 // Start takes any command whose Args[0] is a registered name; to tie the
-// child to a context, use CommandContext.
+// child to a context, use [CommandContext].
 func Command(name string, args ...string) *exec.Cmd {
 	return reexec(exec.Command("/proc/self/exe", args...), name)
 }
 
-// CommandContext is like Command but ties the child to ctx, as
-// exec.CommandContext does: when ctx is done before the child exits, the
-// child is killed (cmd.Cancel), and the parent's Recv then returns io.EOF.
+// CommandContext is like [Command] but ties the child to ctx, as
+// [exec.CommandContext] does: when ctx is done before the child exits, the
+// child is killed (cmd.Cancel), and the parent's [Conn.Recv] then returns
+// [io.EOF].
 func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return reexec(exec.CommandContext(ctx, "/proc/self/exe", args...), name)
 }
@@ -109,13 +116,22 @@ func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 	return cmd
 }
 
-// Start starts cmd, made by Command, with the other end of a new channel as
-// an extra file, and returns this end. It appends to cmd.ExtraFiles and
-// cmd.Env (or a copy of this process's environment when Env is nil) and
-// keeps everything else the caller set. It closes its copy of the child's
-// end before returning, so that Recv returns io.EOF once the child exits.
-// The caller still waits for cmd: EOF alone does not prove the child is
-// dead, since it may have passed its socket on.
+// Start starts cmd, made by [Command] or [CommandContext], with the other
+// end of a new channel as an extra file, and returns this end. It appends
+// to cmd.ExtraFiles and cmd.Env (or a copy of this process's environment
+// when Env is nil) and keeps everything else the caller set. It closes its
+// copy of the child's end before returning, so that [Conn.Recv] returns
+// [io.EOF] once the child exits.
+//
+// The returned Conn is the caller's to close, and cmd the caller's to wait
+// for. Close it first, then call cmd.Wait: the child's Recv then returns
+// io.EOF, which tells a child serving requests to return. Waiting first
+// waits until the child ends on its own. EOF alone does not prove the
+// child is dead, since it may have passed its socket on; Wait does.
+//
+// Start refuses to run in a process that was itself started by Start and
+// whose main did not call [Dispatch] (GO_CHANNEL_REEXEC_FD is still set), so
+// that a forgotten Dispatch cannot re-execute the program without end.
 func Start(cmd *exec.Cmd) (*Conn, error) {
 	if _, ok := os.LookupEnv(envFd); ok {
 		// Started by Start, and main never called Dispatch: starting
