@@ -342,7 +342,7 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 	if ferr == nil {
 		if raw != nil && (validJSON(data) || json.Valid(data)) {
 			// As Unmarshal would, with one fast pass over the value.
-			if data = trimSpace(data); inRaw {
+			if data = bytes.TrimSpace(data); inRaw { // valid JSON: only JSON's spaces
 				*raw = data
 			} else {
 				*raw = append((*raw)[:0], data...)

@@ -93,15 +93,6 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// trimSpace returns b without the JSON white space around it.
-func trimSpace(b []byte) []byte {
-	i, j := skipSpace(b, 0), len(b)
-	for j > i && isSpace(b[j-1]) {
-		j--
-	}
-	return b[i:j]
-}
-
 // skipKey skips an object key and its colon from b[i], and the space after.
 func skipKey(b []byte, i int) int {
 	if i >= len(b) || b[i] != '"' {
