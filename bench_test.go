@@ -19,6 +19,7 @@ import (
 	"net/rpc/jsonrpc"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -530,5 +531,49 @@ func BenchmarkUnmarshal(b *testing.B) {
 		if err := json.Unmarshal(smallFrame[headerLen:], &v); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkAdopt measures what a server at a socket path (examples/door)
+// pays to make an accepted connection a Conn: File and FileConn duplicate
+// the socket twice, and the extra descriptors are closed. The baseline
+// accepts and closes; both dial a new connection each time.
+func BenchmarkAdopt(b *testing.B) {
+	for _, adopt := range []bool{false, true} {
+		b.Run(fmt.Sprintf("impl=%s", map[bool]string{false: "accept", true: "accept+adopt"}[adopt]), func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "s")
+			l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				d, err := net.Dial("unixpacket", path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				uc, err := l.AcceptUnix()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if adopt {
+					f, err := uc.File()
+					if err != nil {
+						b.Fatal(err)
+					}
+					uc.Close()
+					c, err := FileConn(f)
+					f.Close()
+					if err != nil {
+						b.Fatal(err)
+					}
+					c.Close()
+				} else {
+					uc.Close()
+				}
+				d.Close()
+			}
+		})
 	}
 }

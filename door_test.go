@@ -1,0 +1,329 @@
+//go:build linux
+
+package channel
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The door example (examples/door), run as real processes: a server and
+// clients that meet at a socket path.
+
+func init() {
+	// A caller that dies in the middle of a call: it connects to the door
+	// at os.Args[1], sends the first datagram of a call of 100 bytes, and
+	// exits without the rest.
+	Register("door-dies-mid-call", func(*Conn) error {
+		return doorDial(os.Args[1], frame(100, `{"n":`))
+	})
+	// A caller that dies before its answer: a whole call, then exit.
+	Register("door-dies-before-answer", func(*Conn) error {
+		return doorDial(os.Args[1], frame(7, `{"n":3}`))
+	})
+}
+
+func doorDial(path string, d []byte) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return err
+	}
+	_, err = unix.Write(fd, d)
+	return err // exiting closes fd
+}
+
+// doorServer is a running `door serve`: its process and its log.
+type doorServer struct {
+	cmd   *exec.Cmd
+	path  string
+	mu    sync.Mutex
+	log   []string
+	lines chan string // every log line, also kept in log
+}
+
+// buildDoor builds examples/door into a directory that any user may read.
+func buildDoor(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "door")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	out, err := exec.Command(gobin, "build", "-o", bin, "./examples/door").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build ./examples/door: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startDoor starts `door serve path` with cred (nil: ours) and waits until
+// it listens.
+func startDoor(t *testing.T, bin, path string, cred *syscall.Credential) *doorServer {
+	t.Helper()
+	s := &doorServer{cmd: exec.Command(bin, "serve", path), path: path, lines: make(chan string, 1000)}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.log = append(s.log, sc.Text())
+			s.mu.Unlock()
+			s.lines <- sc.Text()
+		}
+		close(s.lines)
+	}()
+	s.waitLog(t, "serving double at")
+	return s
+}
+
+// waitLog waits for a log line containing want.
+func (s *doorServer) waitLog(t *testing.T, want string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case line, ok := <-s.lines:
+			if !ok {
+				t.Fatalf("door server ended without logging %q; its log:\n%s", want, s.logText())
+			}
+			if strings.Contains(line, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("door server did not log %q in 20s; its log:\n%s", want, s.logText())
+		}
+	}
+}
+
+func (s *doorServer) logText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.log, "\n")
+}
+
+// fds lists the server's open descriptors, by what they point at.
+func (s *doorServer) fds(t *testing.T) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", s.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var links []string
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil {
+			links = append(links, l)
+		}
+	}
+	return links
+}
+
+// awaitFds waits until the server holds n descriptors, or fails.
+func (s *doorServer) awaitFds(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fds := s.fds(t)
+		if len(fds) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("door server holds %d descriptors, want %d: %v", len(fds), n, fds)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// call runs `door call path n [file]` and returns its stdout and stderr.
+func doorCall(bin, path string, n int, file string) *exec.Cmd {
+	args := []string{"call", path, strconv.Itoa(n)}
+	if file != "" {
+		args = append(args, file)
+	}
+	return exec.Command(bin, args...)
+}
+
+func TestDoor(t *testing.T) {
+	bin := buildDoor(t)
+	path := filepath.Join(t.TempDir(), "door.sock")
+	s := startDoor(t, bin, path, nil)
+	idle := len(s.fds(t))
+
+	// 8 clients at once, each with a file for the server to write into.
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 1000 + i
+			file := filepath.Join(dir, fmt.Sprint(i))
+			out, err := doorCall(bin, path, n, file).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(2*n) {
+				t.Errorf("door call %d: %v, output %q, want %d", n, err, out, 2*n)
+			}
+			if b, err := os.ReadFile(file); err != nil || string(b) != fmt.Sprintf("%d\n", 2*n) {
+				t.Errorf("file of call %d holds %q (%v), want %d", n, b, err, 2*n)
+			}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	logged := strings.Join(s.log, "\n")
+	s.mu.Unlock()
+	if want := fmt.Sprintf("uid %d: double(1000) = 2000", os.Geteuid()); !strings.Contains(logged, want) {
+		t.Errorf("server log lacks %q (SO_PEERCRED):\n%s", want, logged)
+	}
+
+	// Callers that die in the middle of a call, and before their answer.
+	for _, name := range []string{"door-dies-mid-call", "door-dies-before-answer"} {
+		c, err := Start(Command(name, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Recv(new(any)); err != io.EOF {
+			t.Errorf("%s: Recv() = %v, want io.EOF", name, err)
+		}
+		c.Close()
+	}
+	s.waitLog(t, "unexpected EOF")
+	s.waitLog(t, "double(3) = 6")
+	if out, err := doorCall(bin, path, 21, "").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "42" {
+		t.Errorf("door call after dying callers: %v, %q, want 42", err, out)
+	}
+	s.awaitFds(t, idle)
+
+	// A second server refuses the path in use.
+	out, err := exec.Command(bin, "serve", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use") {
+		t.Errorf("second door serve on the same path: %v, %q, want an error saying in use", err, out)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the refused second server removed the socket file: %v", err)
+	}
+}
+
+// TestDoorStop stops the server while 8 callers wait for their answers:
+// the server is stuck writing each answer into a full pipe passed with
+// the call. Every caller gets io.EOF, and the socket file goes.
+func TestDoorStop(t *testing.T) {
+	bin := buildDoor(t)
+	path := filepath.Join(t.TempDir(), "door.sock")
+	s := startDoor(t, bin, path, nil)
+
+	var calls []*exec.Cmd
+	var outs []*strings.Builder
+	var pipes []string
+	for i := range 8 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		var st unix.Stat_t
+		rc, _ := w.SyscallConn()
+		rc.Control(func(fd uintptr) {
+			for { // fill the pipe: os.Pipe's are non-blocking
+				if _, err := unix.Write(int(fd), make([]byte, 4096)); err != nil {
+					break
+				}
+			}
+			unix.Fstat(int(fd), &st)
+		})
+		pipes = append(pipes, fmt.Sprintf("pipe:[%d]", st.Ino))
+		cmd := doorCall(bin, path, i, "/dev/fd/3")
+		cmd.ExtraFiles = []*os.File{w}
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		calls, outs = append(calls, cmd), append(outs, &out)
+	}
+	// Every call has reached the server: it holds every pipe.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		held := strings.Join(s.fds(t), " ")
+		missing := 0
+		for _, p := range pipes {
+			if !strings.Contains(held, p) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server holds %d of the 8 callers' pipes after 20s; log:\n%s", 8-missing, s.logText())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, cmd := range calls {
+		done := result(cmd.Wait)
+		err := await(t, done, fmt.Sprintf("door call %d after the server stopped", i))
+		if err == nil || !strings.Contains(outs[i].String(), "the server went before answering: EOF") {
+			t.Errorf("door call %d: %v, output %q, want io.EOF", i, err, outs[i].String())
+		}
+	}
+	if err := await(t, result(s.cmd.Wait), "door server after SIGTERM"); err != nil {
+		t.Errorf("door server: %v\n%s", err, s.logText())
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("socket file after the server stopped: %v, want it gone", err)
+	}
+}
+
+// TestDoorRefusesOtherUid runs the server as another user (nobody), which
+// takes root, and calls it as root: the caller gets the server's refusal.
+func TestDoorRefusesOtherUid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		// Without root no process of another uid can be made; TestDoor
+		// checks that the server sees and logs the caller's uid.
+		t.Skip("needs root to run the server as another user")
+	}
+	bin := buildDoor(t)
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin)), dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "door.sock")
+	const nobody = 65534
+	s := startDoor(t, bin, path, &syscall.Credential{Uid: nobody, Gid: nobody})
+	out, err := doorCall(bin, path, 4, "").CombinedOutput()
+	want := fmt.Sprintf("uid 0 may not call this door: it serves uid %d only", nobody)
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("door call as root to nobody's door: %v, %q, want %q", err, out, want)
+	}
+	s.waitLog(t, want)
+}
