@@ -227,14 +227,12 @@ func (w *apiWork) close(fds []int, files []*os.File) {
 	}
 }
 
-// floorIO returns how a floor sends and receives one datagram on c, and
-// what to call when done:
+// floorIO turns c into a bare floor transport, and returns its sendmsg and
+// recvmsg and what to call when done:
 //   - blocking: blocking sendmsg and recvmsg (golang.org/x/sys/unix);
-//   - poller: the runtime poller, as a user of net.UnixConn has it;
-//   - raw: the runtime poller with this package's raw sendmsg and recvmsg.
+//   - poller: the runtime poller, as a user of net.UnixConn has it.
 func floorIO(c *Conn, floor string) (send func(p, oob []byte) error, recv func(p, oob []byte) (n, oobn int, err error), done func()) {
-	switch floor {
-	case "blocking":
+	if floor == "blocking" {
 		fd, f := rawSocket(c, true)
 		send = func(p, oob []byte) error {
 			_, err := unix.SendmsgN(fd, p, oob, nil, unix.MSG_NOSIGNAL)
@@ -245,26 +243,23 @@ func floorIO(c *Conn, floor string) (send func(p, oob []byte) error, recv func(p
 			return n, oobn, err
 		}
 		return send, recv, func() { f.Close() }
-	case "raw":
-		send = func(p, oob []byte) error { return c.sop.send(nil, p, oob) }
-		recv = func(p, oob []byte) (int, int, error) {
-			op := c.rop
-			op.p = p
-			err := opErr("recvmsg", op.rc.Read(op.fn), op.err)
-			op.p = nil
-			return op.n, copy(oob, op.oob[:op.oobn]), err
-		}
-	default:
-		send = func(p, oob []byte) error {
-			_, _, err := c.uc.WriteMsgUnix(p, oob, nil)
-			return err
-		}
-		recv = func(p, oob []byte) (int, int, error) {
-			n, oobn, _, _, err := c.uc.ReadMsgUnix(p, oob)
-			return n, oobn, err
-		}
 	}
-	return send, recv, func() {}
+	_, f := rawSocket(c, false)
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		panic(err)
+	}
+	uc := nc.(*net.UnixConn)
+	send = func(p, oob []byte) error {
+		_, _, err := uc.WriteMsgUnix(p, oob, nil)
+		return err
+	}
+	recv = func(p, oob []byte) (int, int, error) {
+		n, oobn, _, _, err := uc.ReadMsgUnix(p, oob)
+		return n, oobn, err
+	}
+	return send, recv, func() { uc.Close() }
 }
 
 // rawSocket turns c into a raw descriptor, blocking or not; f owns it.
@@ -307,7 +302,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	for _, fds := range []int{0, 1} {
 		// Each floor, and each +api: the same doing apiWork on both sides,
 		// the least an implementation of the four verbs can cost there.
-		for _, fl := range []string{"blocking", "blocking+api", "poller", "poller+api", "raw", "raw+api"} {
+		for _, fl := range []string{"blocking", "blocking+api", "poller", "poller+api"} {
 			b.Run(fmt.Sprintf("fds=%d/impl=%s", fds, fl), func(b *testing.B) {
 				floor, work, _ := strings.Cut(fl, "+")
 				c := startBench(b, "bench-floor-echo", nil, floor, work)

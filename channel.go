@@ -53,8 +53,15 @@ import (
 // goroutines at once: each message is sent, and received, whole, and the
 // datagrams of concurrent messages never interleave.
 type Conn struct {
-	uc     *net.UnixConn
-	closed atomic.Bool
+	sock    int                    // the socket: see fds.go for when it may be used
+	rep     *poller                // waits of Recv; its callbacks keep sock open
+	sep     atomic.Pointer[poller] // waits of Send, made for the first
+	closed  atomic.Bool
+	cleanup runtime.Cleanup // closes sock if c is dropped unclosed
+	rdl     atomic.Int64    // read deadline, since epoch; 0: none
+	wdl     atomic.Int64    // write deadline, since epoch; 0: none
+	dmu     sync.Mutex      // orders SetWriteDeadline and making sep
+	wdt     time.Time       // write deadline, for sep; guarded by dmu
 
 	// smu is held for a whole message sent; it guards the fields below.
 	smu   sync.Mutex
@@ -80,8 +87,7 @@ type Conn struct {
 	rerr  error  // set on a protocol error: the receive side is broken
 }
 
-// Pair returns the two ends of a new channel. Each end is close-on-exec and
-// non-blocking.
+// Pair returns the two ends of a new channel. Each end is close-on-exec.
 func Pair() (*Conn, *Conn, error) {
 	f0, f1, err := socketpair()
 	if err != nil {
@@ -103,7 +109,7 @@ func Pair() (*Conn, *Conn, error) {
 
 func socketpair() (*os.File, *os.File, error) {
 	// CLOEXEC: a child started elsewhere meanwhile must not inherit an end.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("channel: %w", os.NewSyscallError("socketpair", err))
 	}
@@ -113,54 +119,93 @@ func socketpair() (*os.File, *os.File, error) {
 // FileConn returns a Conn on a duplicate of f, which must be a connected
 // AF_UNIX SOCK_SEQPACKET socket, such as the other end of a Pair received
 // with [Conn.RecvWithFds] or inherited by a child. The duplicate is
-// close-on-exec; the caller still closes f. FileConn sets O_NONBLOCK, which
-// belongs to the file description that f and its duplicate share, so f
-// becomes non-blocking too. The Conn works whatever that mode is later
-// switched to by another holder: it never waits in the kernel on it.
+// close-on-exec; the caller still closes f. FileConn puts the socket in
+// blocking mode, which the file description that f and the duplicate
+// share, so f is blocking too, and sets its SO_RCVTIMEO to a few
+// milliseconds: a Recv waits first in a blocking recvmsg, the fastest
+// wake-up, then in the runtime poller. The Conn works whatever the mode;
+// another holder switching it to non-blocking costs speed, not
+// correctness. Changing SO_RCVTIMEO makes Close and deadlines late.
 //
 // Datagrams of up to f's SO_SNDBUF bytes are accepted, as read now: on one
 // machine this is at least what a peer with default settings sends.
 func FileConn(f *os.File) (*Conn, error) {
-	nc, err := net.FileConn(f)
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
-	uc, ok := nc.(*net.UnixConn)
-	if !ok {
-		nc.Close()
-		return nil, errors.New("channel: not an AF_UNIX socket")
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		uc.Close()
-		return nil, fmt.Errorf("channel: %w", err)
-	}
-	var typ, sndbuf int
+	var dom, typ, sndbuf, sock int
 	cerr := rc.Control(func(fd uintptr) {
-		if typ, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+		s := int(fd)
+		if dom, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
 			return
 		}
-		if sndbuf, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+		if typ, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
 			return
 		}
-		_, err = unix.Getpeername(int(fd))
+		if sndbuf, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+			return
+		}
+		if _, err = unix.Getpeername(s); err != nil {
+			return
+		}
+		sock, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	})
+	if err == nil && cerr == nil {
+		// For the first phase of a Recv's wait: see fds.go.
+		tv := unix.NsecToTimeval(int64(rcvTimeout))
+		if err = unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err == nil {
+			err = unix.SetNonblock(sock, false)
+		}
+		if err != nil {
+			unix.Close(sock)
+		}
+	}
 	switch {
 	case cerr != nil:
 		err = cerr
+	case err == nil && dom != unix.AF_UNIX:
+		unix.Close(sock)
+		err = errors.New("not an AF_UNIX socket")
 	case err == nil && typ != unix.SOCK_SEQPACKET:
+		unix.Close(sock)
 		err = errors.New("not a SOCK_SEQPACKET socket")
 	}
 	if err != nil {
-		uc.Close()
 		return nil, fmt.Errorf("channel: %w", err)
 	}
-	c := &Conn{uc: uc, sop: newSendOp(rc), rop: newRecvOp(rc), rlen: sndbuf}
+	rep, err := newPoller()
+	if err != nil {
+		unix.Close(sock)
+		return nil, err
+	}
+	c := &Conn{sock: sock, rep: rep, rlen: sndbuf}
+	c.cleanup = runtime.AddCleanup(c, func(fd int) { unix.Close(fd) }, sock)
+	c.sop, c.rop = newOp(c, false), newOp(c, true)
 	// A datagram must fit the send buffer less 32 bytes (EMSGSIZE otherwise).
 	c.dgram = max(sndbuf-32, minDgram)
 	c.enc = json.NewEncoder(&c.sbuf)
 	c.enc.SetEscapeHTML(false)
 	return c, nil
+}
+
+// sendPoller returns c.sep, made on first use.
+func (c *Conn) sendPoller() (*poller, error) {
+	if p := c.sep.Load(); p != nil {
+		return p, nil
+	}
+	p, err := newPoller()
+	if err != nil {
+		return nil, err
+	}
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.sep.Store(p)
+	if c.closed.Load() { // Close may have missed p
+		p.f.Close()
+		return nil, net.ErrClosed
+	}
+	return p, p.f.SetReadDeadline(c.wdt)
 }
 
 // Where the memory of a message being reassembled came from.
@@ -179,16 +224,19 @@ const (
 
 // File returns a duplicate of c's socket, for example to send this end of a
 // channel to another process with [Conn.SendWithFds]. The duplicate is
-// close-on-exec and, like c's socket, non-blocking (O_NONBLOCK is shared by
-// both; calling its Fd method switches both to blocking, which c
-// tolerates). Closing either does not affect the other, but both read and
-// write the same socket: use one.
+// close-on-exec, and shares the mode of c's file description, blocking or
+// not, which c never depends on. Closing either does not affect the
+// other, but both read and write the same socket: use one.
 func (c *Conn) File() (*os.File, error) {
-	f, err := c.uc.File()
-	if err != nil {
-		return nil, c.wrap("file", err)
+	var fd int
+	err := c.rep.rc.Control(func(uintptr) { fd, _ = unix.FcntlInt(uintptr(c.sock), unix.F_DUPFD_CLOEXEC, 0) })
+	switch {
+	case err != nil:
+		return nil, closedErr("file")
+	case fd < 0:
+		return nil, fmt.Errorf("channel: file: %w", os.NewSyscallError("fcntl", unix.EMFILE))
 	}
-	return f, nil
+	return os.NewFile(uintptr(fd), "channel"), nil
 }
 
 // Send sends v, encoded with encoding/json, as one message. It blocks until
@@ -468,21 +516,48 @@ func (c *Conn) drop() {
 // A deadline moved while a call is blocked takes effect; the zero time
 // means none.
 func (c *Conn) SetDeadline(t time.Time) error {
-	return c.wrap("set deadline", c.uc.SetDeadline(t))
+	if err := c.SetReadDeadline(t); err != nil {
+		return closedErr("set deadline")
+	}
+	return c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline sets the deadline for [Conn.Recv] and
 // [Conn.RecvWithFds]; past it they return an error matching
 // [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	return c.wrap("set read deadline", c.uc.SetReadDeadline(t))
+	dl := sinceEpoch(t)
+	c.rdl.Store(dl)
+	if c.rep.f.SetReadDeadline(t) != nil {
+		return closedErr("set read deadline")
+	}
+	if dl != 0 && time.Duration(dl)-time.Since(epoch) <= nearDeadline {
+		c.rop.interrupt() // a Recv blocked in recvmsg leaves it for the poller
+	}
+	return nil
 }
 
 // SetWriteDeadline sets the deadline for [Conn.Send] and
 // [Conn.SendWithFds]; past it they return an error matching
 // [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	return c.wrap("set write deadline", c.uc.SetWriteDeadline(t))
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.wdt = t
+	c.wdl.Store(sinceEpoch(t))
+	if p := c.sep.Load(); c.closed.Load() || p != nil && p.f.SetReadDeadline(t) != nil {
+		return closedErr("set write deadline")
+	}
+	return nil
+}
+
+// sinceEpoch is t as a deadline of c.rdl or c.wdl: 0 for none, and at
+// least 1, already past, for any other time.
+func sinceEpoch(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return max(int64(t.Sub(epoch)), 1)
 }
 
 // Close closes the socket. Calls blocked in c return, and every later call
@@ -493,27 +568,24 @@ func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return closedErr("close")
 	}
-	err := c.uc.Close()
-	// Closing the socket has woken any receiver; then clean up after it.
+	// Closing the pollers waits for their callbacks, the only users of
+	// c.sock, and wakes the waits in them.
+	c.rop.interrupt()
+	c.rep.f.Close()
+	if p := c.sep.Load(); p != nil {
+		p.f.Close()
+	}
+	c.cleanup.Stop()
+	err := unix.Close(c.sock)
 	c.rmu.Lock()
 	c.drop()
 	c.rmu.Unlock()
-	return c.wrap("close", err)
+	if err != nil {
+		return fmt.Errorf("channel: close: %w", err)
+	}
+	return nil
 }
 
 func closedErr(op string) error {
 	return fmt.Errorf("channel: %s: %w", op, net.ErrClosed)
-}
-
-// wrap turns an error of net into ours: "channel: ", the operation and the
-// cause, without the socket addresses of a *net.OpError.
-func (c *Conn) wrap(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		err = oe.Err
-	}
-	return fmt.Errorf("channel: %s: %w", op, err)
 }

@@ -325,12 +325,9 @@ func TestDatagramCount(t *testing.T) {
 // use smaller datagrams instead of failing.
 func TestSmallSendBuffer(t *testing.T) {
 	a, b := pair(t)
-	rc, _ := a.uc.SyscallConn()
-	rc.Control(func(fd uintptr) {
-		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16384); err != nil {
-			t.Fatal(err)
-		}
-	})
+	if err := unix.SetsockoptInt(a.sock, unix.SOL_SOCKET, unix.SO_SNDBUF, 16384); err != nil {
+		t.Fatal(err)
+	}
 	v := jsonString(100000)
 	done := result(func() error { return a.Send(v) })
 	var got json.RawMessage

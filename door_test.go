@@ -169,6 +169,7 @@ func doorCall(bin, path string, n int, file string) *exec.Cmd {
 }
 
 func TestDoor(t *testing.T) {
+	checkFds(t)
 	bin := buildDoor(t)
 	path := filepath.Join(t.TempDir(), "door.sock")
 	s := startDoor(t, bin, path, nil)
@@ -202,7 +203,8 @@ func TestDoor(t *testing.T) {
 
 	// Callers that die in the middle of a call, and before their answer.
 	for _, name := range []string{"door-dies-mid-call", "door-dies-before-answer"} {
-		c, err := Start(Command(name, path))
+		cmd := Command(name, path)
+		c, err := Start(cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,6 +212,9 @@ func TestDoor(t *testing.T) {
 			t.Errorf("%s: Recv() = %v, want io.EOF", name, err)
 		}
 		c.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 	s.waitLog(t, "unexpected EOF")
 	s.waitLog(t, "double(3) = 6")

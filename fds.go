@@ -1,37 +1,55 @@
 //go:build linux
 
-// sendmsg and recvmsg through the runtime poller, and SCM_RIGHTS.
+// sendmsg and recvmsg, the waits between them, and SCM_RIGHTS.
 //
-// Why the poller, with raw syscalls: the socket is non-blocking and every
-// wait goes through the Go runtime poller, which gives, for nothing,
-// deadlines that take effect when moved during a wait, a Close that wakes
-// every waiter, and no OS thread held by a blocked call. The sendmsg and
-// recvmsg themselves are raw syscalls (see msg). Measured with bench.sh on
-// a 2-core VM, a small round trip through syscall.Syscall was 1.41x the
-// poller floor, because entering a syscall that way wakes the runtime's
-// sysmon thread when it sleeps; raw calls brought it to 1.09-1.17x.
-// Blocking in ppoll(2) on the socket and an eventfd (to honour moved
-// deadlines and Close) measured 52.5 µs per round trip against the poller
-// floor's 49.7 µs in the same run: not faster, and it holds a thread per
-// wait. Blocking in recvmsg and sendmsg themselves (through
-// syscall.Syscall, so that the runtime can take the P back) measured
-// 46.5 µs against this design's 43.3 µs (medians of 11 interleaved rounds),
-// and that prototype had none of the machinery it would need: a thread per
-// blocked call, shutdown(2) for Close, signals to honour a deadline moved
-// during a wait. The bound on any such design, the blocking floor doing
-// the JSON work of the four verbs and nothing else (bench
-// impl=blocking+api), measured 40.7 µs in those rounds.
+// A Recv that finds nothing queued waits in two phases:
+//
+//   - First blocked in recvmsg itself, through syscall.Syscall, so that the
+//     runtime can hand the thread's P to other goroutines. When the answer
+//     comes, the kernel wakes this thread directly, and it runs at once.
+//     The socket's SO_RCVTIMEO (rcvTimeout) bounds this phase, a Close or a
+//     deadline moved near interrupts it with a signal (see interrupt), and
+//     a deadline already near skips it, for SO_RCVTIMEO counts in
+//     scheduler ticks.
+//   - Then in the runtime poller, holding no thread, on a private epoll
+//     instance (Conn.rep) that watches the socket for this one wait, with
+//     the deadline on that epoll's *os.File, and Close closing it.
+//
+// A wait through the runtime poller alone costs several thread hand-offs
+// per message, each a wake-up of a CPU that may be halted. Waiting in
+// ppoll(2) instead of recvmsg costs a timer and two more syscalls a wait,
+// and spinning takes the CPU the peer needs.
+//
+// The socket is never in the runtime's own epoll: the runtime watches each
+// descriptor for input and output at once, and Linux wakes a unix socket's
+// writers each time the peer takes one of its datagrams, so every message
+// the peer received would wake the runtime's poller for nothing. A Send
+// that must wait, because the peer's queue is full, waits in the poller
+// on a second private epoll (Conn.sep) watching for output.
+//
+// Only the first phase needs the socket's file description in blocking
+// mode, which FileConn sets. Every other sendmsg and recvmsg passes
+// MSG_DONTWAIT, so none waits in the kernel whatever the mode, which every
+// duplicate shares and anyone may switch: a description switched to
+// non-blocking costs the first phase, not correctness.
+//
+// Every syscall on the socket runs inside a callback of c.rep's RawConn
+// (or c.sep's), and Close closes those files, which waits for callbacks in
+// progress, before it closes the socket: no call can reach a descriptor
+// number that Close released and the process reused.
 
 package channel
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -46,52 +64,176 @@ const maxFds = 253
 // (SO_PASSPIDFD) and an SCM_SECURITY label (SO_PASSSEC).
 const oobExtra = 512
 
-// sysop is one sendmsg or recvmsg, in a form that the runtime poller can
-// retry. Its fn is bound once, so that a call allocates nothing.
+const (
+	// rcvTimeout, the socket's SO_RCVTIMEO, bounds the first phase of a
+	// wait: the kernel rounds it up to whole scheduler ticks.
+	rcvTimeout = 2 * time.Millisecond
+	// nearDeadline: a deadline nearer than this skips the first phase,
+	// which may last rcvTimeout rounded up to a tick of a 100 Hz kernel.
+	nearDeadline = 25 * time.Millisecond
+)
+
+// epoch is the origin of the monotonic times of deadlines.
+var epoch = time.Now()
+
+// noEpoll, as a RawConn callback's fd, makes sysop.run return when the
+// syscall would wait, without arming anything.
+const noEpoll = ^uintptr(0)
+
+// A poller is a private epoll instance in the runtime poller: waiting in
+// its RawConn's Read waits for what it watches.
+type poller struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+func newPoller() (*poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("epoll_create1", err))
+	}
+	unix.SetNonblock(fd, true) // for os.NewFile to use the runtime poller
+	f := os.NewFile(uintptr(fd), "channel-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	return &poller{f, rc}, nil
+}
+
+// sysop is one sendmsg or recvmsg with its waits, in a form that a RawConn
+// can retry. Its fn is bound once, so that a call allocates nothing.
 type sysop struct {
-	rc   syscall.RawConn
-	fn   func(fd uintptr) bool
-	head []byte // sendmsg only: sent before p, in the same datagram
-	p    []byte
-	oob  []byte
-	n    int
-	oobn int
-	flag int // recvmsg's msg_flags
-	err  error
+	c      *Conn
+	in     bool                  // recvmsg, not sendmsg
+	fn     func(fd uintptr) bool // the RawConn's fd is the epoll's, c.rep or c.sep
+	ctl    func(fd uintptr)      // run without arming, for RawConn.Control
+	dis    func(fd uintptr)      // disarm, for RawConn.Control
+	done   bool                  // ctl's result
+	head   []byte                // sendmsg only: sent before p, in the same datagram
+	p      []byte
+	oob    []byte
+	n      int
+	oobn   int
+	flag   int // recvmsg's msg_flags
+	gone   bool
+	err    error // the syscall's
+	werr   error // the wait's: a deadline or Close seen in the first phase
+	armed  int   // the epoll fd watching the socket for this wait, or -1
+	polled bool  // the first phase is over
+
+	// A recvmsg blocked, and a request to interrupt it.
+	blocked atomic.Bool
+	kick    atomic.Bool
 }
 
-func newSendOp(rc syscall.RawConn) *sysop {
-	op := &sysop{rc: rc}
-	op.fn = op.sendmsg
+func newOp(c *Conn, in bool) *sysop {
+	op := &sysop{c: c, in: in, armed: -1}
+	if in {
+		op.oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
+	}
+	op.fn = op.run
+	op.ctl = func(uintptr) { op.done = op.run(noEpoll) }
+	op.dis = func(uintptr) { op.disarm() }
 	return op
 }
 
-func newRecvOp(rc syscall.RawConn) *sysop {
-	op := &sysop{rc: rc, oob: make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)}
-	op.fn = op.recvmsg
-	return op
-}
-
-func (op *sysop) sendmsg(fd uintptr) bool {
-	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
-	// MSG_DONTWAIT: the socket's O_NONBLOCK is shared with every duplicate,
-	// and anyone may clear it; a raw call must never sleep.
+// run makes the syscall until it is done or must wait in the poller, for
+// which it leaves the socket watched by the epoll ep.
+func (op *sysop) run(ep uintptr) bool {
 	for {
-		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-		if op.err != unix.EINTR {
-			return op.err != unix.EAGAIN
+		block := op.in && !op.polled && op.mayBlock()
+		op.try(block)
+		switch {
+		case op.err == unix.EINTR:
+			if op.c.closed.Load() {
+				op.werr = net.ErrClosed
+				return true
+			}
+		case op.err == unix.ECONNRESET && op.in:
+			// A SEQPACKET peer that closed with our data unread makes the
+			// kernel report ECONNRESET once, before the datagrams it had
+			// sent us.
+		case op.err != unix.EAGAIN:
+			op.disarm()
+			return true
+		case block:
+			// SO_RCVTIMEO ran out, or the description is non-blocking.
+			op.polled = true
+		case ep == noEpoll:
+			return false
+		default:
+			op.polled = true
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(op.c.sock)}
+			if !op.in {
+				ev.Events = unix.EPOLLOUT
+			}
+			// Readiness that came since the try makes ep ready at once.
+			err := unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, op.c.sock, &ev)
+			if err != nil && err != unix.EEXIST {
+				op.werr = os.NewSyscallError("epoll_ctl", err)
+				return true
+			}
+			op.armed = int(ep)
+			return false
 		}
 	}
 }
 
-func (op *sysop) recvmsg(fd uintptr) bool {
-	for {
+// mayBlock reports whether recvmsg may block now: not after Close, nor
+// with a deadline near.
+func (op *sysop) mayBlock() bool {
+	dl := op.c.rdl.Load()
+	return !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
+}
+
+// try makes one sendmsg or recvmsg; only a recvmsg with block set may wait
+// in the kernel. MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+func (op *sysop) try(block bool) {
+	fd := uintptr(op.c.sock)
+	switch {
+	case !op.in:
+		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		return
+	case !block:
 		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
-		// A SEQPACKET peer that closed with our data unread makes the kernel
-		// report ECONNRESET once, before the datagrams it had sent us.
-		if op.err != unix.ECONNRESET && op.err != unix.EINTR {
-			return op.err != unix.EAGAIN
+	default:
+		op.blocked.Store(true)
+		op.err = unix.EINTR
+		if !op.kick.Swap(false) {
+			op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
 		}
+		op.blocked.Store(false)
+	}
+	op.gone = op.err == nil && op.n == 0 && peerGone(op.c.sock)
+}
+
+// interrupt makes a recvmsg blocked in op look again at Close and the
+// deadline: with SO_RCVTIMEO set, a signal makes it fail with EINTR
+// (signal(7)). Which thread is blocked is not known without a syscall per
+// wait, so every thread of the process gets SIGURG, the runtime's own
+// preemption signal, which a Go program may receive spuriously anyway; the
+// runtime restarts its other syscalls. The signal is sent again until the
+// recvmsg is left, since it may come just before the thread enters it.
+func (op *sysop) interrupt() {
+	op.kick.Store(true)
+	for pid := os.Getpid(); op.blocked.Load() && op.kick.Load(); time.Sleep(20 * time.Microsecond) {
+		tasks, _ := os.ReadDir("/proc/self/task")
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				unix.Tgkill(pid, tid, unix.SIGURG)
+			}
+		}
+	}
+}
+
+// disarm stops the watch of the last wait, so that the runtime's poller
+// is not woken for a socket nobody waits on.
+func (op *sysop) disarm() {
+	if op.armed >= 0 {
+		unix.EpollCtl(op.armed, unix.EPOLL_CTL_DEL, op.c.sock, nil)
+		op.armed = -1
 	}
 }
 
@@ -99,12 +241,8 @@ func (op *sysop) recvmsg(fd uintptr) bool {
 // returns the bytes moved and, for recvmsg, the control bytes received and
 // msg_flags.
 //
-// It is a raw syscall: the callers pass MSG_DONTWAIT, so the call never
-// waits, whatever the mode of the socket's file description,
-// and skipping the runtime's entersyscall spares a wake-up of its sysmon
-// thread per call, which measured as a large part of a round trip. A call
-// that never sleeps is not interrupted by signals; the callers retry EINTR
-// all the same, at the cost of one comparison.
+// A call with MSG_DONTWAIT never waits, and is a raw syscall: skipping the
+// runtime's entersyscall spares a wake-up of its sysmon thread per call.
 func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
 	var iov [2]unix.Iovec
 	var h unix.Msghdr
@@ -124,7 +262,11 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 		h.Control = &oob[0]
 		h.SetControllen(len(oob))
 	}
-	r, _, e := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&h)), uintptr(flags))
+	syscall := unix.RawSyscall
+	if flags&unix.MSG_DONTWAIT == 0 {
+		syscall = unix.Syscall // may block: the runtime may take the P
+	}
+	r, _, e := syscall(trap, fd, uintptr(unsafe.Pointer(&h)), uintptr(flags))
 	if e != 0 {
 		return 0, 0, 0, e
 	}
@@ -134,14 +276,31 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 // send sends head then p, with the control data oob, as one datagram.
 func (op *sysop) send(head, p, oob []byte) error {
 	op.head, op.p, op.oob = head, p, oob
-	err := op.rc.Write(op.fn)
-	op.head, op.p, op.oob = nil, nil, nil
+	defer func() { op.head, op.p, op.oob = nil, nil, nil }()
+	op.werr, op.done, op.polled = nil, false, false
+	if dl := op.c.wdl.Load(); dl != 0 && time.Duration(dl) <= time.Since(epoch) {
+		op.werr = os.ErrDeadlineExceeded
+	}
+	// The first phase under c.rep, which keeps the socket open; the second
+	// on c.sep, made for the first Send that waits so long.
+	var err error
+	if op.werr == nil {
+		err = op.c.rep.rc.Control(op.ctl)
+	}
+	if err == nil && !op.done && op.werr == nil {
+		var sep *poller
+		if sep, err = op.c.sendPoller(); err == nil {
+			if err = sep.rc.Read(op.fn); err != nil && op.armed >= 0 {
+				op.c.rep.rc.Control(op.dis)
+			}
+		}
+	}
 	if op.err == unix.ECONNRESET {
 		// A peer that closed with our data unread: the next sendmsg says
 		// ECONNRESET, the one after EPIPE. Both mean the peer is gone.
 		op.err = errPeerReset{}
 	}
-	return opErr("sendmsg", err, op.err)
+	return op.result("sendmsg", err)
 }
 
 // errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
@@ -158,50 +317,48 @@ func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || targe
 // as io.EOF only when the peer is gone; an empty datagram is n == 0.
 func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
 	op.p = p
-	err = op.rc.Read(op.fn)
+	op.werr, op.polled = nil, false
+	if err = op.c.rep.rc.Read(op.fn); err != nil && op.armed >= 0 {
+		op.c.rep.rc.Control(op.dis)
+	}
 	op.p = nil
-	if err = opErr("recvmsg", err, op.err); err != nil {
+	if err = op.result("recvmsg", err); err != nil {
 		return 0, fds, 0, err
 	}
 	k := len(fds)
 	fds = parseRights(op.oob[:op.oobn], fds)
-	if op.n == 0 && len(fds) == k && op.peerGone() {
+	if op.n == 0 && len(fds) == k && op.gone {
 		return 0, fds, op.flag, io.EOF
 	}
 	return op.n, fds, op.flag, nil
 }
 
+// result turns the error of the wait, or else of the syscall, into ours.
+func (op *sysop) result(name string, waitErr error) error {
+	if op.werr != nil {
+		waitErr = op.werr
+	}
+	switch {
+	case op.c.closed.Load() && (waitErr != nil || op.err == unix.EBADF):
+		return closedErr(name)
+	case waitErr != nil:
+		return fmt.Errorf("channel: %s: %w", name, waitErr)
+	case op.err != nil:
+		return fmt.Errorf("channel: %w", os.NewSyscallError(name, op.err))
+	}
+	return nil
+}
+
 // peerGone tells an end of input from an empty datagram, which recvmsg
 // reports alike: the peer is gone when our receive side is shut down and
 // nothing is queued.
-func (op *sysop) peerGone() bool {
-	gone := false
-	op.rc.Control(func(fd uintptr) {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		if n, err := unix.Poll(pfd, 0); err != nil || n == 0 || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) == 0 {
-			return
-		}
-		queued, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		gone = err == nil && queued == 0
-	})
-	return gone
-}
-
-// opErr turns the poller's error, or else the syscall's, into ours.
-func opErr(name string, pollErr, sysErr error) error {
-	if pollErr != nil {
-		// The poller wraps net.ErrClosed and os.ErrDeadlineExceeded in a
-		// *net.OpError whose text names raw-read; keep only the cause.
-		var oe *net.OpError
-		if errors.As(pollErr, &oe) {
-			pollErr = oe.Err
-		}
-		return fmt.Errorf("channel: %s: %w", name, pollErr)
+func peerGone(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+	if n, err := unix.Poll(pfd, 0); err != nil || n == 0 || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) == 0 {
+		return false
 	}
-	if sysErr != nil {
-		return fmt.Errorf("channel: %w", os.NewSyscallError(name, sysErr))
-	}
-	return nil
+	queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && queued == 0
 }
 
 // parseRights appends the fds of every SCM_RIGHTS message in oob to fds,

@@ -469,13 +469,12 @@ func TestChildKilledMidFrame(t *testing.T) {
 		t.Fatalf("Recv() = %q, %v", s, err)
 	}
 	// Wait until part of the 8 MiB message is queued for us.
-	rc, _ := c.uc.SyscallConn()
 	deadline := time.Now().Add(30 * time.Second)
 	for queued := 0; queued == 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("nothing of the large message queued after 30s")
 		}
-		rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		queued, _ = unix.IoctlGetInt(c.sock, unix.SIOCINQ)
 		time.Sleep(time.Millisecond)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
