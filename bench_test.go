@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -94,6 +95,20 @@ func init() {
 				return err
 			}
 		}
+	})
+	// A goroutine spinning until the parent closes the channel.
+	Register("bench-spin", func(c *Conn) error {
+		var stop atomic.Bool
+		go func() {
+			for n := 0; !stop.Load(); n++ {
+			}
+		}()
+		err := c.Recv(new(any))
+		stop.Store(true)
+		if err == io.EOF {
+			return nil
+		}
+		return err
 	})
 	// Newline-delimited JSON over two pipes, fds 3 and 4.
 	Register("bench-ndjson-echo", func(c *Conn) error {
@@ -273,6 +288,8 @@ func rawSocket(c *Conn, blocking bool) (int, *os.File) {
 	var fd int
 	rc.Control(func(s uintptr) { fd = int(s) })
 	unix.SetNonblock(fd, !blocking)
+	// The Conn's SO_RCVTIMEO would end a floor's blocking recvmsg.
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{})
 	return fd, f
 }
 
@@ -298,7 +315,17 @@ func startBench(b *testing.B, name string, setup func(*exec.Cmd), args ...string
 }
 
 // BenchmarkRoundTrip sends the Small value to a child and back.
-func BenchmarkRoundTrip(b *testing.B) {
+func BenchmarkRoundTrip(b *testing.B) { roundTrips(b) }
+
+// BenchmarkRoundTripBusy is BenchmarkRoundTrip with one CPU kept busy by
+// a goroutine spinning in another process, as on a loaded machine: the
+// CPUs are awake, and the two ends share what is left.
+func BenchmarkRoundTripBusy(b *testing.B) {
+	startBench(b, "bench-spin", nil)
+	roundTrips(b)
+}
+
+func roundTrips(b *testing.B) {
 	for _, fds := range []int{0, 1} {
 		// Each floor, and each +api: the same doing apiWork on both sides,
 		// the least an implementation of the four verbs can cost there.
