@@ -6,8 +6,9 @@
 # Each round runs every benchmark once, so that machine noise falls on all
 # of them alike; the table gives the median of the rounds, and each impl's
 # ratio to the floors measured in the same rounds: impl=blocking (raw
-# blocking recvmsg/sendmsg) and impl=poller (the same through the Go
-# runtime poller).
+# blocking recvmsg/sendmsg), impl=blocking+api (the same doing the JSON
+# and *os.File work the four verbs demand) and impl=poller (the same
+# through the Go runtime poller).
 set -euo pipefail
 cd "$(dirname "$0")"
 rounds=${1:-5}
@@ -39,17 +40,19 @@ function median(key,   n, i, j, t, a) {
 	}
 }
 END {
-	printf "%-48s %-10s %14s %10s %10s\n", "benchmark", "unit", "median", "/blocking", "/poller"
+	printf "%-48s %-10s %14s %10s %14s %10s\n", "benchmark", "unit", "median", "/blocking", "/blocking+api", "/poller"
 	for (k = 1; k <= n; k++) {
 		split(order[k], p, SUBSEP); name = p[1]; unit = p[2]
 		m = median(order[k])
-		rb = rp = ""
+		rb = ra = rp = ""
 		if (name ~ /impl=/ && unit != "allocs/op") {
 			b = name; sub(/impl=.*/, "impl=blocking", b)
+			a = name; sub(/impl=.*/, "impl=blocking+api", a)
 			q = name; sub(/impl=.*/, "impl=poller", q)
 			if ((b SUBSEP unit) in vals) rb = sprintf("%.2fx", m / median(b SUBSEP unit))
+			if ((a SUBSEP unit) in vals) ra = sprintf("%.2fx", m / median(a SUBSEP unit))
 			if ((q SUBSEP unit) in vals) rp = sprintf("%.2fx", m / median(q SUBSEP unit))
 		}
-		printf "%-48s %-10s %14.6g %10s %10s\n", name, unit, m, rb, rp
+		printf "%-48s %-10s %14.6g %10s %14s %10s\n", name, unit, m, rb, ra, rp
 	}
 }'

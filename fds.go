@@ -73,6 +73,13 @@ const (
 	nearDeadline = 25 * time.Millisecond
 )
 
+// maxBlocked bounds the Recvs blocked in recvmsg at once, process-wide,
+// and so the threads they hold; more wait in the poller at once.
+const maxBlocked = 16
+
+// nblocked counts the Recvs blocked in recvmsg.
+var nblocked atomic.Int32
+
 // epoch is the origin of the monotonic times of deadlines.
 var epoch = time.Now()
 
@@ -198,6 +205,10 @@ func (op *sysop) try(block bool) {
 		return
 	case !block:
 		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+	case nblocked.Add(1) > maxBlocked:
+		nblocked.Add(-1)
+		op.err = unix.EAGAIN
+		return
 	default:
 		op.blocked.Store(true)
 		op.err = unix.EINTR
@@ -205,6 +216,7 @@ func (op *sysop) try(block bool) {
 			op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
 		}
 		op.blocked.Store(false)
+		nblocked.Add(-1)
 	}
 	op.gone = op.err == nil && op.n == 0 && peerGone(op.c.sock)
 }
