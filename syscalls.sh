@@ -15,13 +15,13 @@ go test -c -o "$bin" .
 printf '%-20s %8s %10s  %s\n' impl total EPOLLOUT 'per round trip, by syscall (>= 0.1)'
 for impl in fds=0/impl=blocking fds=0/impl=poller fds=0/impl=ndjson fds=0/impl=channel fds=1/impl=blocking fds=1/impl=poller fds=1/impl=channel; do
 	log=$(mktemp)
-	strace -f -qq -e trace=all -e signal=none -o "$log" "$bin" -test.run '^$' -test.bench "^BenchmarkRoundTrip/${impl}\$" -test.benchtime "${n}x" >/dev/null
+	strace -f -qq -e trace=all -e signal=none -o "$log" "$bin" -test.run '^$' -test.bench "^BenchmarkRoundTrip\$/^${impl%%/*}\$/^${impl#*/}\$" -test.benchtime "${n}x" >/dev/null
 	# One line a call, or two when strace splits one between threads:
 	# count each call once, on the line that starts with its name.
 	awk -v n="$n" -v impl="$impl" '
 		{ sub(/^[0-9]+ +/, "") }
 		match($0, /^[a-z_0-9]+\(/) { c[substr($0, 1, RLENGTH - 1)]++; tot++ }
-		# Events are on the line with the result: the call's, or its
+		# Events are on the line with the result: the call itself, or its
 		# "resumed" line when strace split it.
 		/^(<\.\.\. )?epoll_p?wait/ && /events=/ && !/events=[^,]*EPOLL(IN|HUP|ERR|RDHUP)/ { outonly++ }
 		END {
