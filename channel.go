@@ -152,8 +152,8 @@ func FileConn(f *os.File) (*Conn, error) {
 		sock, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	})
 	if err == nil && cerr == nil {
-		// For the first phase of a Recv's wait: see fds.go.
-		tv := unix.NsecToTimeval(int64(rcvTimeout))
+		// For the first phase of a wait: see fds.go.
+		tv := unix.NsecToTimeval(int64(blockTimeout))
 		if err = unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err == nil {
 			err = unix.SetNonblock(sock, false)
 		}

@@ -7,7 +7,7 @@
 //   - First blocked in recvmsg itself, through syscall.Syscall, so that the
 //     runtime can hand the thread's P to other goroutines. When the answer
 //     comes, the kernel wakes this thread directly, and it runs at once.
-//     The socket's SO_RCVTIMEO (rcvTimeout) bounds this phase, a Close or a
+//     The socket's SO_RCVTIMEO (blockTimeout) bounds this phase, a Close or a
 //     deadline moved near interrupts it with a signal (see interrupt), and
 //     a deadline already near skips it, for SO_RCVTIMEO counts in
 //     scheduler ticks.
@@ -65,19 +65,21 @@ const maxFds = 253
 const oobExtra = 512
 
 const (
-	// rcvTimeout, the socket's SO_RCVTIMEO, bounds the first phase of a
-	// wait: the kernel rounds it up to whole scheduler ticks.
-	rcvTimeout = 2 * time.Millisecond
+	// blockTimeout, the socket's SO_RCVTIMEO, bounds the first phase of a
+	// Recv's wait: the kernel rounds it up to whole scheduler ticks.
+	blockTimeout = 2 * time.Millisecond
 	// nearDeadline: a deadline nearer than this skips the first phase,
-	// which may last rcvTimeout rounded up to a tick of a 100 Hz kernel.
+	// which may last blockTimeout rounded up to a tick of a 100 Hz kernel.
 	nearDeadline = 25 * time.Millisecond
+	// hotWait: a blocking call that took longer than this waited.
+	hotWait = 2 * time.Microsecond
 )
 
-// maxBlocked bounds the Recvs blocked in recvmsg at once, process-wide,
+// maxBlocked bounds the calls blocked in the kernel at once, process-wide,
 // and so the threads they hold; more wait in the poller at once.
 const maxBlocked = 16
 
-// nblocked counts the Recvs blocked in recvmsg.
+// nblocked counts the calls blocked in the kernel.
 var nblocked atomic.Int32
 
 // epoch is the origin of the monotonic times of deadlines.
@@ -129,8 +131,10 @@ type sysop struct {
 	werr   error // the wait's: a deadline or Close seen in the first phase
 	armed  int   // the epoll fd watching the socket for this wait, or -1
 	polled bool  // the first phase is over
+	tried  bool  // this call made its syscall once
+	cold   bool  // the last call waited: this one blocks at once
 
-	// A recvmsg blocked, and a request to interrupt it.
+	// A call blocked in the kernel, and a request to interrupt it.
 	blocked atomic.Bool
 	kick    atomic.Bool
 }
@@ -150,8 +154,11 @@ func newOp(c *Conn, in bool) *sysop {
 // which it leaves the socket watched by the epoll ep.
 func (op *sysop) run(ep uintptr) bool {
 	for {
-		block := op.in && !op.polled && op.mayBlock()
+		// A Conn whose calls find their work ready (a stream) tries without
+		// waiting first; one whose calls wait (a ping-pong) waits at once.
+		block := (op.cold || op.tried) && !op.polled && op.mayBlock()
 		op.try(block)
+		op.tried = true
 		switch {
 		case op.err == unix.EINTR:
 			if op.c.closed.Load() {
@@ -166,8 +173,10 @@ func (op *sysop) run(ep uintptr) bool {
 			op.disarm()
 			return true
 		case block:
-			// SO_RCVTIMEO ran out, or the description is non-blocking.
+			// The timeout ran out, or the description is non-blocking.
 			op.polled = true
+		case !op.polled && op.mayBlock():
+			// Found nothing without waiting: block next.
 		case ep == noEpoll:
 			return false
 		default:
@@ -188,37 +197,41 @@ func (op *sysop) run(ep uintptr) bool {
 	}
 }
 
-// mayBlock reports whether recvmsg may block now: not after Close, nor
-// with a deadline near.
+// mayBlock reports whether the syscall may block now: a recvmsg, not
+// after Close, nor with a deadline near. A sendmsg waits only while the
+// peer's queue is full, a stream's wait, which the poller serves better:
+// blocking there wakes the sender for every datagram the peer takes.
 func (op *sysop) mayBlock() bool {
 	dl := op.c.rdl.Load()
-	return !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
+	return op.in && !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
 }
 
-// try makes one sendmsg or recvmsg; only a recvmsg with block set may wait
-// in the kernel. MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+// try makes one sendmsg or recvmsg, which may wait in the kernel only if
+// block is set. MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
 func (op *sysop) try(block bool) {
-	fd := uintptr(op.c.sock)
+	trap, flags := uintptr(unix.SYS_RECVMSG), unix.MSG_CMSG_CLOEXEC
+	if !op.in {
+		trap, flags = unix.SYS_SENDMSG, unix.MSG_NOSIGNAL
+	}
 	switch {
-	case !op.in:
-		op.n, _, _, op.err = msg(unix.SYS_SENDMSG, fd, op.head, op.p, op.oob, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-		return
 	case !block:
-		op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+		op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags|unix.MSG_DONTWAIT)
+		op.cold = op.err == unix.EAGAIN
 	case nblocked.Add(1) > maxBlocked:
 		nblocked.Add(-1)
 		op.err = unix.EAGAIN
-		return
 	default:
 		op.blocked.Store(true)
 		op.err = unix.EINTR
 		if !op.kick.Swap(false) {
-			op.n, op.oobn, op.flag, op.err = msg(unix.SYS_RECVMSG, fd, nil, op.p, op.oob, unix.MSG_CMSG_CLOEXEC)
+			start := time.Now()
+			op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags)
+			op.cold = time.Since(start) > hotWait
 		}
 		op.blocked.Store(false)
 		nblocked.Add(-1)
 	}
-	op.gone = op.err == nil && op.n == 0 && peerGone(op.c.sock)
+	op.gone = op.in && op.err == nil && op.n == 0 && peerGone(op.c.sock)
 }
 
 // interrupt makes a recvmsg blocked in op look again at Close and the
@@ -227,7 +240,7 @@ func (op *sysop) try(block bool) {
 // wait, so every thread of the process gets SIGURG, the runtime's own
 // preemption signal, which a Go program may receive spuriously anyway; the
 // runtime restarts its other syscalls. The signal is sent again until the
-// recvmsg is left, since it may come just before the thread enters it.
+// call is left, since it may come just before the thread enters it.
 func (op *sysop) interrupt() {
 	op.kick.Store(true)
 	for pid := os.Getpid(); op.blocked.Load() && op.kick.Load(); time.Sleep(20 * time.Microsecond) {
@@ -274,11 +287,11 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 		h.Control = &oob[0]
 		h.SetControllen(len(oob))
 	}
-	syscall := unix.RawSyscall
+	call := unix.RawSyscall
 	if flags&unix.MSG_DONTWAIT == 0 {
-		syscall = unix.Syscall // may block: the runtime may take the P
+		call = unix.Syscall // may block: the runtime may take the P
 	}
-	r, _, e := syscall(trap, fd, uintptr(unsafe.Pointer(&h)), uintptr(flags))
+	r, _, e := call(trap, fd, uintptr(unsafe.Pointer(&h)), uintptr(flags))
 	if e != 0 {
 		return 0, 0, 0, e
 	}
@@ -289,12 +302,12 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 func (op *sysop) send(head, p, oob []byte) error {
 	op.head, op.p, op.oob = head, p, oob
 	defer func() { op.head, op.p, op.oob = nil, nil, nil }()
-	op.werr, op.done, op.polled = nil, false, false
+	op.werr, op.done, op.polled, op.tried = nil, false, false, false
 	if dl := op.c.wdl.Load(); dl != 0 && time.Duration(dl) <= time.Since(epoch) {
 		op.werr = os.ErrDeadlineExceeded
 	}
-	// The first phase under c.rep, which keeps the socket open; the second
-	// on c.sep, made for the first Send that waits so long.
+	// sendmsg under c.rep's Control, which keeps the socket open; a wait on
+	// c.sep, made for the first Send that waits.
 	var err error
 	if op.werr == nil {
 		err = op.c.rep.rc.Control(op.ctl)
@@ -329,7 +342,7 @@ func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || targe
 // as io.EOF only when the peer is gone; an empty datagram is n == 0.
 func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
 	op.p = p
-	op.werr, op.polled = nil, false
+	op.werr, op.polled, op.tried = nil, false, false
 	if err = op.c.rep.rc.Read(op.fn); err != nil && op.armed >= 0 {
 		op.c.rep.rc.Control(op.dis)
 	}
