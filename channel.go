@@ -119,13 +119,14 @@ func socketpair() (*os.File, *os.File, error) {
 // FileConn returns a Conn on a duplicate of f, which must be a connected
 // AF_UNIX SOCK_SEQPACKET socket, such as the other end of a Pair received
 // with [Conn.RecvWithFds] or inherited by a child. The duplicate is
-// close-on-exec; the caller still closes f. FileConn puts the socket in
-// blocking mode, which the file description that f and the duplicate
-// share, so f is blocking too, and sets its SO_RCVTIMEO to a few
+// close-on-exec; the caller still closes f. FileConn puts the socket's
+// file description, which f and the duplicate share, in blocking mode, so
+// f is blocking too, and sets the socket's SO_RCVTIMEO to a few
 // milliseconds: a Recv waits first in a blocking recvmsg, the fastest
 // wake-up, then in the runtime poller. The Conn works whatever the mode;
 // another holder switching it to non-blocking costs speed, not
-// correctness. Changing SO_RCVTIMEO makes Close and deadlines late.
+// correctness. Do not change SO_RCVTIMEO: with none, a Recv blocked in
+// recvmsg would not see Close.
 //
 // Datagrams of up to f's SO_SNDBUF bytes are accepted, as read now: on one
 // machine this is at least what a peer with default settings sends.
@@ -225,8 +226,10 @@ const (
 // File returns a duplicate of c's socket, for example to send this end of a
 // channel to another process with [Conn.SendWithFds]. The duplicate is
 // close-on-exec, and shares the mode of c's file description, blocking or
-// not, which c never depends on. Closing either does not affect the
-// other, but both read and write the same socket: use one.
+// not, which c never depends on, and the socket's options: its blocking
+// reads end after the few milliseconds of c's SO_RCVTIMEO. Closing either
+// does not affect the other, but both read and write the same socket: use
+// one.
 func (c *Conn) File() (*os.File, error) {
 	var fd int
 	err := c.rep.rc.Control(func(uintptr) { fd, _ = unix.FcntlInt(uintptr(c.sock), unix.F_DUPFD_CLOEXEC, 0) })
