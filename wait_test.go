@@ -207,3 +207,39 @@ func TestCloseRacingRecv(t *testing.T) {
 		y.Close()
 	}
 }
+
+// TestNonblockingDescription: another holder switching the description to
+// non-blocking only skips the first phase: messages, deadlines and Close
+// work as before.
+func TestNonblockingDescription(t *testing.T) {
+	a, b := pair(t)
+	f, err := a.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := f.SyscallConn()
+	rc.Control(func(fd uintptr) { err = unix.SetNonblock(int(fd), true) })
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := result(func() error { var s string; return a.Recv(&s) })
+	waitBlocked(t, "(*Conn).Recv")
+	if err := b.Send("x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := await(t, done, "Recv"); err != nil {
+		t.Fatalf("Recv() = %v", err)
+	}
+	a.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	if err := a.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Recv() = %v, want os.ErrDeadlineExceeded", err)
+	}
+	a.SetReadDeadline(time.Time{})
+	done = result(func() error { return a.Recv(new(any)) })
+	waitBlocked(t, "(*Conn).Recv")
+	a.Close()
+	if err := await(t, done, "Recv at Close"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Recv() = %v, want net.ErrClosed", err)
+	}
+}
