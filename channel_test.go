@@ -968,3 +968,22 @@ func TestSendToGonePeer(t *testing.T) {
 		}
 	}
 }
+
+// TestSendRawMessage: a json.RawMessage goes as it is; a *json.RawMessage
+// goes through encoding/json, which compacts it, as Send's doc says.
+func TestSendRawMessage(t *testing.T) {
+	a, b := pair(t)
+	raw := json.RawMessage("{ \"a\" : [1, 2] }")
+	for _, tc := range []struct {
+		v    any
+		want string
+	}{{raw, string(raw)}, {&raw, `{"a":[1,2]}`}} {
+		if err := a.Send(tc.v); err != nil {
+			t.Fatal(err)
+		}
+		var got json.RawMessage
+		if err := b.Recv(&got); err != nil || string(got) != tc.want {
+			t.Errorf("Send(%T) arrived as %q, %v; want %q", tc.v, got, err, tc.want)
+		}
+	}
+}
