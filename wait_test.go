@@ -39,10 +39,15 @@ func inSyscall(t *testing.T, fn string) {
 }
 
 // longFirstPhase makes c's first phase of a wait outlast the test (60 s
-// of SO_RCVTIMEO instead of a few ms): only Close or a deadline can end it.
+// of SO_RCVTIMEO instead of a few ms): only Close or a deadline can end
+// it. It sends a request, so that c's next Recv awaits an answer, which
+// is what blocks in recvmsg.
 func longFirstPhase(t *testing.T, c *Conn) {
 	tv := unix.Timeval{Sec: 60}
 	if err := unix.SetsockoptTimeval(c.sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send("request"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -86,14 +91,22 @@ func TestFirstPhaseInterrupted(t *testing.T) {
 }
 
 // TestDeadlineLateness: a Recv with a deadline returns at it, whichever
-// phase it waits in (a deadline 50 ms away lets it block in recvmsg
-// first), and not more than a few milliseconds late. The bound checked is
+// phase it waits in (a deadline 50 ms away lets a Recv awaiting an answer
+// block in recvmsg first), and not more than a few milliseconds late. The bound checked is
 // looser than the design's 1 ms, for a loaded test machine.
 func TestDeadlineLateness(t *testing.T) {
-	a, _ := pair(t)
+	a, b := pair(t)
 	for _, d := range []time.Duration{time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond} {
 		var late []time.Duration
 		for range 5 {
+			// A request first: the Recv awaits its answer, which blocks
+			// in recvmsg first when the deadline is far enough.
+			if err := a.Send("request"); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Recv(new(any)); err != nil {
+				t.Fatal(err)
+			}
 			dl := time.Now().Add(d)
 			a.SetReadDeadline(dl)
 			if err := a.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -141,6 +154,10 @@ func TestBlockedRecvsHoldNoThreads(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if err := a.Send("request"); err != nil { // a Recv awaiting an answer blocks first
+				errs <- err
+				return
+			}
 			errs <- a.Recv(new(any))
 		}()
 	}
