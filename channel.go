@@ -57,6 +57,7 @@ type Conn struct {
 	rep     *poller                // waits of Recv; its callbacks keep sock open
 	sep     atomic.Pointer[poller] // waits of Send, made for the first
 	closed  atomic.Bool
+	sent    atomic.Bool     // a Send since the last Recv: see sysop.mayBlock
 	cleanup runtime.Cleanup // closes sock if c is dropped unclosed
 	rdl     atomic.Int64    // read deadline, since epoch; 0: none
 	wdl     atomic.Int64    // write deadline, since epoch; 0: none
@@ -328,6 +329,7 @@ func (c *Conn) send(v any, files []*os.File) error {
 		off, oob = end, nil
 	}
 	runtime.KeepAlive(files)
+	c.sent.Store(true)
 	return nil
 }
 

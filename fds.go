@@ -2,7 +2,8 @@
 
 // sendmsg and recvmsg, the waits between them, and SCM_RIGHTS.
 //
-// A Recv that finds nothing queued waits in two phases:
+// A Recv that awaits an answer (its Conn sent something since the last
+// Recv) and finds nothing queued waits in two phases:
 //
 //   - First blocked in recvmsg itself, through syscall.Syscall, so that the
 //     runtime can hand the thread's P to other goroutines. When the answer
@@ -15,8 +16,9 @@
 //     instance (Conn.rep) that watches the socket for this one wait, with
 //     the deadline on that epoll's *os.File, and Close closing it.
 //
-// A wait through the runtime poller alone costs several thread hand-offs
-// per message, each a wake-up of a CPU that may be halted. Waiting in
+// Every other wait is a stream's, and is the second phase alone (see
+// mayBlock). A wait through the runtime poller alone costs several thread
+// hand-offs per message, each a wake-up of a CPU that may be halted. Waiting in
 // ppoll(2) instead of recvmsg costs a timer and two more syscalls a wait,
 // and spinning takes the CPU the peer needs.
 //
@@ -133,6 +135,7 @@ type sysop struct {
 	polled bool  // the first phase is over
 	tried  bool  // this call made its syscall once
 	cold   bool  // the last call waited: this one blocks at once
+	answer bool  // recvmsg: c sent something since the last Recv
 
 	// A call blocked in the kernel, and a request to interrupt it.
 	blocked atomic.Bool
@@ -197,13 +200,15 @@ func (op *sysop) run(ep uintptr) bool {
 	}
 }
 
-// mayBlock reports whether the syscall may block now: a recvmsg, not
-// after Close, nor with a deadline near. A sendmsg waits only while the
-// peer's queue is full, a stream's wait, which the poller serves better:
-// blocking there wakes the sender for every datagram the peer takes.
+// mayBlock reports whether the syscall may block now: a recvmsg awaiting
+// an answer (c sent something since its last Recv), not after Close, nor
+// with a deadline near. Other waits are a stream's, which the poller
+// serves better: a sender blocked in sendmsg is woken for every datagram
+// the peer takes, and a receiver blocked in recvmsg for every datagram
+// that comes, each time handing its P on.
 func (op *sysop) mayBlock() bool {
 	dl := op.c.rdl.Load()
-	return op.in && !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
+	return op.in && op.answer && !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
 }
 
 // try makes one sendmsg or recvmsg, which may wait in the kernel only if
@@ -343,6 +348,7 @@ func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || targe
 func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
 	op.p = p
 	op.werr, op.polled, op.tried = nil, false, false
+	op.answer = op.answer || op.c.sent.Swap(false)
 	if err = op.c.rep.rc.Read(op.fn); err != nil && op.armed >= 0 {
 		op.c.rep.rc.Control(op.dis)
 	}
@@ -350,6 +356,7 @@ func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error
 	if err = op.result("recvmsg", err); err != nil {
 		return 0, fds, 0, err
 	}
+	op.answer = false
 	k := len(fds)
 	fds = parseRights(op.oob[:op.oobn], fds)
 	if op.n == 0 && len(fds) == k && op.gone {
