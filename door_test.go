@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,7 +61,10 @@ func buildDoor(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "door")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("this test builds examples/door and needs go on the PATH: %v", err)
+	}
 	out, err := exec.Command(gobin, "build", "-o", bin, "./examples/door").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build ./examples/door: %v\n%s", err, out)
