@@ -8,19 +8,20 @@
 //   - First blocked in recvmsg itself, through syscall.Syscall, so that the
 //     runtime can hand the thread's P to other goroutines. When the answer
 //     comes, the kernel wakes this thread directly, and it runs at once.
-//     The socket's SO_RCVTIMEO (blockTimeout) bounds this phase, a Close or a
-//     deadline moved near interrupts it with a signal (see interrupt), and
-//     a deadline already near skips it, for SO_RCVTIMEO counts in
-//     scheduler ticks.
+//     The socket's SO_RCVTIMEO (blockTimeout) bounds this phase, a Close
+//     or a deadline moved near interrupts it with a signal (see
+//     interrupt), and a deadline already near skips it, for SO_RCVTIMEO
+//     counts in scheduler ticks. At most maxBlocked calls of the process
+//     block at once.
 //   - Then in the runtime poller, holding no thread, on a private epoll
 //     instance (Conn.rep) that watches the socket for this one wait, with
 //     the deadline on that epoll's *os.File, and Close closing it.
 //
 // Every other wait is a stream's, and is the second phase alone (see
-// mayBlock). A wait through the runtime poller alone costs several thread
-// hand-offs per message, each a wake-up of a CPU that may be halted. Waiting in
-// ppoll(2) instead of recvmsg costs a timer and two more syscalls a wait,
-// and spinning takes the CPU the peer needs.
+// mayBlock). A wait through the runtime poller alone costs several
+// thread hand-offs per message, each a wake-up of a CPU that may be
+// halted. Waiting in ppoll(2) instead of recvmsg costs a timer and two
+// more syscalls a wait, and spinning takes the CPU the peer needs.
 //
 // The socket is never in the runtime's own epoll: the runtime watches each
 // descriptor for input and output at once, and Linux wakes a unix socket's
