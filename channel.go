@@ -136,44 +136,25 @@ func FileConn(f *os.File) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
-	var dom, typ, sndbuf, sock int
+	var sndbuf, sock int
 	cerr := rc.Control(func(fd uintptr) {
-		s := int(fd)
-		if dom, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
-			return
+		if sndbuf, err = checkSocket(int(fd)); err == nil {
+			sock, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		}
-		if typ, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
-			return
-		}
-		if sndbuf, err = unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
-			return
-		}
-		if _, err = unix.Getpeername(s); err != nil {
-			return
-		}
-		sock, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	})
-	if err == nil && cerr == nil {
-		// For the first phase of a wait: see fds.go.
-		tv := unix.NsecToTimeval(int64(blockTimeout))
-		if err = unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err == nil {
-			err = unix.SetNonblock(sock, false)
-		}
-		if err != nil {
-			unix.Close(sock)
-		}
-	}
-	switch {
-	case cerr != nil:
+	if cerr != nil {
 		err = cerr
-	case err == nil && dom != unix.AF_UNIX:
-		unix.Close(sock)
-		err = errors.New("not an AF_UNIX socket")
-	case err == nil && typ != unix.SOCK_SEQPACKET:
-		unix.Close(sock)
-		err = errors.New("not a SOCK_SEQPACKET socket")
 	}
 	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	// For the first phase of a wait: see fds.go.
+	tv := unix.NsecToTimeval(int64(blockTimeout))
+	if err = unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err == nil {
+		err = unix.SetNonblock(sock, false)
+	}
+	if err != nil {
+		unix.Close(sock)
 		return nil, fmt.Errorf("channel: %w", err)
 	}
 	rep, err := newPoller()
@@ -189,6 +170,28 @@ func FileConn(f *os.File) (*Conn, error) {
 	c.enc = json.NewEncoder(&c.sbuf)
 	c.enc.SetEscapeHTML(false)
 	return c, nil
+}
+
+// checkSocket returns the SO_SNDBUF of s if it is a connected AF_UNIX
+// SOCK_SEQPACKET socket, before FileConn changes anything on it.
+func checkSocket(s int) (sndbuf int, err error) {
+	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return 0, err
+	}
+	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	switch {
+	case err != nil:
+		return 0, err
+	case dom != unix.AF_UNIX:
+		return 0, errors.New("not an AF_UNIX socket")
+	case typ != unix.SOCK_SEQPACKET:
+		return 0, errors.New("not a SOCK_SEQPACKET socket")
+	}
+	if _, err := unix.Getpeername(s); err != nil {
+		return 0, err
+	}
+	return unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_SNDBUF)
 }
 
 // sendPoller returns c.sep, made on first use.
@@ -233,12 +236,12 @@ const (
 // one.
 func (c *Conn) File() (*os.File, error) {
 	var fd int
-	err := c.rep.rc.Control(func(uintptr) { fd, _ = unix.FcntlInt(uintptr(c.sock), unix.F_DUPFD_CLOEXEC, 0) })
-	switch {
-	case err != nil:
+	var err error
+	if c.rep.rc.Control(func(uintptr) { fd, err = unix.FcntlInt(uintptr(c.sock), unix.F_DUPFD_CLOEXEC, 0) }) != nil {
 		return nil, closedErr("file")
-	case fd < 0:
-		return nil, fmt.Errorf("channel: file: %w", os.NewSyscallError("fcntl", unix.EMFILE))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("channel: file: %w", os.NewSyscallError("fcntl", err))
 	}
 	return os.NewFile(uintptr(fd), "channel"), nil
 }

@@ -147,19 +147,26 @@ func checkFds(t *testing.T) {
 // that a test acts on a call that is really blocked.
 func waitBlocked(t testing.TB, fn string) {
 	t.Helper()
+	waitState(t, "[IO wait", fn)
+}
+
+// waitState waits until a goroutine in state (as runtime.Stack shows it,
+// "[IO wait" or "[syscall") is inside fn.
+func waitState(t testing.TB, state, fn string) {
+	t.Helper()
 	buf := make([]byte, 1<<20)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		n := runtime.Stack(buf, true)
 		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "[IO wait") && strings.Contains(g, fn) {
+			if strings.Contains(g, state) && strings.Contains(g, fn) {
 				return
 			}
 		}
 		runtime.Gosched()
 		time.Sleep(time.Millisecond)
 	}
-	t.Fatalf("no goroutine blocked in %s after 10s", fn)
+	t.Fatalf("no goroutine %s] in %s after 10s", state, fn)
 }
 
 // result runs f in a goroutine and returns its error on a channel.
@@ -911,6 +918,24 @@ func TestFileConn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A refused socket is left as it was: still non-blocking, with no
+		// receive timeout.
+		if err := unix.SetNonblock(stream[0], true); err != nil {
+			t.Fatal(err)
+		}
+		keep, err := unix.Dup(stream[0]) // the same description and socket
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			fl, _ := unix.FcntlInt(uintptr(keep), unix.F_GETFL, 0)
+			tv, _ := unix.GetsockoptTimeval(keep, unix.SOL_SOCKET, unix.SO_RCVTIMEO)
+			if fl&unix.O_NONBLOCK == 0 || tv.Sec != 0 || tv.Usec != 0 {
+				t.Errorf("refused stream socket changed: O_NONBLOCK %v, SO_RCVTIMEO %v", fl&unix.O_NONBLOCK != 0, tv)
+			}
+			unix.Close(keep)
+			unix.Close(stream[1])
+		}()
 		r, w, _ := os.Pipe()
 		for name, f := range map[string]*os.File{
 			"stream":      os.NewFile(uintptr(stream[0]), "stream"),
@@ -923,7 +948,6 @@ func TestFileConn(t *testing.T) {
 			}
 			f.Close()
 		}
-		unix.Close(stream[1])
 		w.Close()
 	})
 	t.Run("an end sent over another channel", func(t *testing.T) {

@@ -74,8 +74,6 @@ const (
 	// nearDeadline: a deadline nearer than this skips the first phase,
 	// which may last blockTimeout rounded up to a tick of a 100 Hz kernel.
 	nearDeadline = 25 * time.Millisecond
-	// hotWait: a blocking call that took longer than this waited.
-	hotWait = 2 * time.Microsecond
 )
 
 // maxBlocked bounds the calls blocked in the kernel at once, process-wide,
@@ -134,8 +132,6 @@ type sysop struct {
 	werr   error // the wait's: a deadline or Close seen in the first phase
 	armed  int   // the epoll fd watching the socket for this wait, or -1
 	polled bool  // the first phase is over
-	tried  bool  // this call made its syscall once
-	cold   bool  // the last call waited: this one blocks at once
 	answer bool  // recvmsg: c sent something since the last Recv
 
 	// A call blocked in the kernel, and a request to interrupt it.
@@ -158,11 +154,8 @@ func newOp(c *Conn, in bool) *sysop {
 // which it leaves the socket watched by the epoll ep.
 func (op *sysop) run(ep uintptr) bool {
 	for {
-		// A Conn whose calls find their work ready (a stream) tries without
-		// waiting first; one whose calls wait (a ping-pong) waits at once.
-		block := (op.cold || op.tried) && !op.polled && op.mayBlock()
+		block := !op.polled && op.mayBlock()
 		op.try(block)
-		op.tried = true
 		switch {
 		case op.err == unix.EINTR:
 			if op.c.closed.Load() {
@@ -179,8 +172,6 @@ func (op *sysop) run(ep uintptr) bool {
 		case block:
 			// The timeout ran out, or the description is non-blocking.
 			op.polled = true
-		case !op.polled && op.mayBlock():
-			// Found nothing without waiting: block next.
 		case ep == noEpoll:
 			return false
 		default:
@@ -222,7 +213,6 @@ func (op *sysop) try(block bool) {
 	switch {
 	case !block:
 		op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags|unix.MSG_DONTWAIT)
-		op.cold = op.err == unix.EAGAIN
 	case nblocked.Add(1) > maxBlocked:
 		nblocked.Add(-1)
 		op.err = unix.EAGAIN
@@ -230,9 +220,7 @@ func (op *sysop) try(block bool) {
 		op.blocked.Store(true)
 		op.err = unix.EINTR
 		if !op.kick.Swap(false) {
-			start := time.Now()
 			op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags)
-			op.cold = time.Since(start) > hotWait
 		}
 		op.blocked.Store(false)
 		nblocked.Add(-1)
@@ -308,7 +296,7 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 func (op *sysop) send(head, p, oob []byte) error {
 	op.head, op.p, op.oob = head, p, oob
 	defer func() { op.head, op.p, op.oob = nil, nil, nil }()
-	op.werr, op.done, op.polled, op.tried = nil, false, false, false
+	op.werr, op.done, op.polled = nil, false, false
 	if dl := op.c.wdl.Load(); dl != 0 && time.Duration(dl) <= time.Since(epoch) {
 		op.werr = os.ErrDeadlineExceeded
 	}
@@ -348,7 +336,7 @@ func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || targe
 // as io.EOF only when the peer is gone; an empty datagram is n == 0.
 func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
 	op.p = p
-	op.werr, op.polled, op.tried = nil, false, false
+	op.werr, op.polled = nil, false
 	op.answer = op.answer || op.c.sent.Swap(false)
 	if err = op.c.rep.rc.Read(op.fn); err != nil && op.armed >= 0 {
 		op.c.rep.rc.Control(op.dis)
@@ -372,7 +360,7 @@ func (op *sysop) result(name string, waitErr error) error {
 		waitErr = op.werr
 	}
 	switch {
-	case op.c.closed.Load() && (waitErr != nil || op.err == unix.EBADF):
+	case op.c.closed.Load() && waitErr != nil:
 		return closedErr(name)
 	case waitErr != nil:
 		return fmt.Errorf("channel: %s: %w", name, waitErr)

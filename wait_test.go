@@ -21,23 +21,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inSyscall waits until a goroutine is in a syscall inside fn.
-func inSyscall(t *testing.T, fn string) {
-	t.Helper()
-	buf := make([]byte, 1<<20)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "[syscall") && strings.Contains(g, fn) {
-				return
-			}
-		}
-		runtime.Gosched()
-	}
-	t.Fatalf("no goroutine in a syscall in %s after 10s", fn)
-}
-
 // longFirstPhase makes c's first phase of a wait outlast the test (60 s
 // of SO_RCVTIMEO instead of a few ms): only Close or a deadline can end
 // it. It sends a request, so that c's next Recv awaits an answer, which
@@ -59,7 +42,7 @@ func TestFirstPhaseInterrupted(t *testing.T) {
 		a, _ := pair(t)
 		longFirstPhase(t, a)
 		done := result(func() error { return a.Recv(new(any)) })
-		inSyscall(t, "(*Conn).Recv")
+		waitState(t, "[syscall", "(*Conn).Recv")
 		if err := await(t, result(a.Close), "Close of a Conn whose Recv blocks in recvmsg"); err != nil {
 			t.Fatalf("Close() = %v", err)
 		}
@@ -71,7 +54,7 @@ func TestFirstPhaseInterrupted(t *testing.T) {
 		a, b := pair(t)
 		longFirstPhase(t, a)
 		done := result(func() error { return a.Recv(new(any)) })
-		inSyscall(t, "(*Conn).Recv")
+		waitState(t, "[syscall", "(*Conn).Recv")
 		a.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
 		if err := await(t, done, "Recv blocked in recvmsg, after SetReadDeadline"); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("Recv() = %v, want os.ErrDeadlineExceeded", err)
@@ -79,7 +62,7 @@ func TestFirstPhaseInterrupted(t *testing.T) {
 		// A deadline moved far does not end the wait; the message does.
 		a.SetReadDeadline(time.Time{})
 		done = result(func() error { var s string; return a.Recv(&s) })
-		inSyscall(t, "(*Conn).Recv")
+		waitState(t, "[syscall", "(*Conn).Recv")
 		a.SetReadDeadline(time.Now().Add(time.Hour))
 		if err := b.Send("late"); err != nil {
 			t.Fatal(err)
