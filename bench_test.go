@@ -438,7 +438,7 @@ func sendOOB(b *testing.B, fds int) []byte {
 	if fds == 0 {
 		return nil
 	}
-	oob, err := putRights(nil, []*os.File{os.Stdin})
+	oob, err := rights([]*os.File{os.Stdin})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -332,7 +332,7 @@ func TestDatagramCount(t *testing.T) {
 // use smaller datagrams instead of failing.
 func TestSmallSendBuffer(t *testing.T) {
 	a, b := pair(t)
-	if err := unix.SetsockoptInt(a.sock, unix.SOL_SOCKET, unix.SO_SNDBUF, 16384); err != nil {
+	if err := unix.SetsockoptInt(a.s.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16384); err != nil {
 		t.Fatal(err)
 	}
 	v := jsonString(100000)

@@ -1,45 +1,41 @@
 //go:build linux
 
-// sendmsg and recvmsg, the waits between them, and SCM_RIGHTS.
+// The socket layer: one connected AF_UNIX SOCK_SEQPACKET socket, its waits,
+// sendmsg and recvmsg with their control messages, and its closing. It never
+// refers to Conn or JSON: Conn serializes the calls of each direction and
+// passes its policy down (that a Recv awaits an answer).
 //
-// A Recv that awaits an answer (its Conn sent something since the last
-// Recv) and finds nothing queued waits in two phases:
+// Nothing is left on the socket. Its file description's mode is shared by
+// every holder and any of them may change it, so every sendmsg and recvmsg
+// passes MSG_DONTWAIT and the mode is never read or set; no socket option is
+// set either. A call that must wait does so in one of two places:
 //
-//   - First blocked in recvmsg itself, through syscall.Syscall, so that the
-//     runtime can hand the thread's P to other goroutines. When the answer
-//     comes, the kernel wakes this thread directly, and it runs at once.
-//     The socket's SO_RCVTIMEO (blockTimeout) bounds this phase, a Close
-//     or a deadline moved near interrupts it with a signal (see
-//     interrupt), and a deadline already near skips it, for SO_RCVTIMEO
-//     counts in scheduler ticks. At most maxBlocked calls of the process
-//     block at once.
-//   - Then in the runtime poller, holding no thread, on a private epoll
-//     instance (Conn.rep) that watches the socket for this one wait, with
-//     the deadline on that epoll's *os.File, and Close closing it.
+//   - In the kernel: ppoll(2) on the socket and an eventfd (efd), through
+//     syscall.Syscall, so that the runtime may hand the thread's P on. When
+//     the peer's datagram comes, the kernel wakes this thread itself, which
+//     is what makes a round trip as fast as a blocking recvmsg; the runtime
+//     poller would wake one of its threads first, which then wakes the
+//     goroutine. Close and a changed deadline write efd to end the wait, as
+//     the runtime's netpollBreak does: no signal. One call of a socket at a
+//     time waits here (kmu), so that it alone drains efd. Such a wait lasts
+//     at most kernelWait, or till the deadline.
+//   - In the runtime poller, holding no thread: on a private epoll instance
+//     (ep), registered in the runtime poller, that watches the socket only
+//     for this wait. The runtime watches each descriptor for input and output
+//     at once, and Linux wakes a unix socket's writers each time the peer
+//     takes one of its datagrams, so the socket itself in the runtime's epoll
+//     would wake the poller for nothing. ep's deadline is the waiter's, and
+//     Close closes ep. One call at a time waits here (pmu); the other
+//     direction meanwhile waits in the kernel, a kernelWait at a time.
 //
-// Every other wait is a stream's, and is the second phase alone (see
-// mayBlock). A wait through the runtime poller alone costs several
-// thread hand-offs per message, each a wake-up of a CPU that may be
-// halted. Waiting in ppoll(2) instead of recvmsg costs a timer and two
-// more syscalls a wait, and spinning takes the CPU the peer needs.
+// A Recv that awaits an answer (its Conn sent since its last Recv) waits in
+// the kernel first, then in the poller. Every other wait is a stream's, and
+// goes to the poller at once, where several datagrams queue between wake-ups.
 //
-// The socket is never in the runtime's own epoll: the runtime watches each
-// descriptor for input and output at once, and Linux wakes a unix socket's
-// writers each time the peer takes one of its datagrams, so every message
-// the peer received would wake the runtime's poller for nothing. A Send
-// that must wait, because the peer's queue is full, waits in the poller
-// on a second private epoll (Conn.sep) watching for output.
-//
-// Only the first phase needs the socket's file description in blocking
-// mode, which FileConn sets. Every other sendmsg and recvmsg passes
-// MSG_DONTWAIT, so none waits in the kernel whatever the mode, which every
-// duplicate shares and anyone may switch: a description switched to
-// non-blocking costs the first phase, not correctness.
-//
-// Every syscall on the socket runs inside a callback of c.rep's RawConn
-// (or c.sep's), and Close closes those files, which waits for callbacks in
-// progress, before it closes the socket: no call can reach a descriptor
-// number that Close released and the process reused.
+// Every syscall on the socket and efd runs inside a callback of ep's
+// RawConn, and Close closes ep, which waits for callbacks in progress, before
+// it closes them: no call reaches a descriptor number that Close released and
+// the process reused.
 
 package channel
 
@@ -49,7 +45,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -61,208 +57,316 @@ import (
 // maxFds is SCM_MAX_FD: the kernel refuses more fds in one sendmsg.
 const maxFds = 253
 
-// oobExtra is control buffer room beyond maxFds descriptors, for what
-// socket options make the kernel add to every datagram: SCM_CREDENTIALS
-// (SO_PASSCRED), a timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS), SCM_PIDFD
-// (SO_PASSPIDFD) and an SCM_SECURITY label (SO_PASSSEC).
+// oobExtra is control buffer room beyond maxFds descriptors, for what socket
+// options make the kernel add to every datagram: SCM_CREDENTIALS, a
+// timestamp, SCM_PIDFD, an SCM_SECURITY label.
 const oobExtra = 512
 
-const (
-	// blockTimeout, the socket's SO_RCVTIMEO, bounds the first phase of a
-	// Recv's wait: the kernel rounds it up to whole scheduler ticks.
-	blockTimeout = 2 * time.Millisecond
-	// nearDeadline: a deadline nearer than this skips the first phase,
-	// which may last blockTimeout rounded up to a tick of a 100 Hz kernel.
-	nearDeadline = 25 * time.Millisecond
-)
-
-// maxBlocked bounds the calls blocked in the kernel at once, process-wide,
-// and so the threads they hold; more wait in the poller at once.
-const maxBlocked = 16
-
-// nblocked counts the calls blocked in the kernel.
-var nblocked atomic.Int32
+// kernelWait bounds one wait in the kernel: past it a call holds no thread.
+const kernelWait = 2 * time.Millisecond
 
 // epoch is the origin of the monotonic times of deadlines.
 var epoch = time.Now()
 
-// noEpoll, as a RawConn callback's fd, makes sysop.run return when the
-// syscall would wait, without arming anything.
-const noEpoll = ^uintptr(0)
+// The two directions of a socket.
+const (
+	reading = iota
+	writing
+)
 
-// A poller is a private epoll instance in the runtime poller: waiting in
-// its RawConn's Read waits for what it watches.
-type poller struct {
-	f  *os.File
-	rc syscall.RawConn
+type socket struct {
+	fd, efd int
+	ep      *os.File
+	rc      syscall.RawConn // ep's: see the file comment
+	closed  atomic.Bool
+	dl      [2]atomic.Int64 // deadline of each direction, since epoch; 0: none
+	kwait   atomic.Bool     // a call waits in the kernel, or is about to
+	kmu     sync.Mutex      // held by the call that waits in the kernel
+	pmu     sync.Mutex      // held by the call that waits in the poller
+	op      [2]*op
+	kmax    time.Duration // kernelWait; tests lengthen it to find a call there
+
+	// dmu orders deadline changes with the start of a wait in the poller.
+	dmu  sync.Mutex
+	pdir int // the direction waiting in the poller, or -1
 }
 
-func newPoller() (*poller, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// newSocket returns a socket on fd, which it owns from then on, even on error.
+func newSocket(fd int) (*socket, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("eventfd", err))
+	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		unix.Close(fd)
+		unix.Close(efd)
 		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("epoll_create1", err))
 	}
-	unix.SetNonblock(fd, true) // for os.NewFile to use the runtime poller
-	f := os.NewFile(uintptr(fd), "channel-epoll")
-	rc, err := f.SyscallConn()
+	unix.SetNonblock(ep, true) // our own description: for the runtime poller
+	s := &socket{fd: fd, efd: efd, ep: os.NewFile(uintptr(ep), "channel-epoll"), pdir: -1, kmax: kernelWait}
+	s.rc, err = s.ep.SyscallConn()
 	if err != nil {
-		f.Close()
+		s.ep.Close()
+		unix.Close(fd)
+		unix.Close(efd)
 		return nil, fmt.Errorf("channel: %w", err)
 	}
-	return &poller{f, rc}, nil
-}
-
-// sysop is one sendmsg or recvmsg with its waits, in a form that a RawConn
-// can retry. Its fn is bound once, so that a call allocates nothing.
-type sysop struct {
-	c      *Conn
-	in     bool                  // recvmsg, not sendmsg
-	fn     func(fd uintptr) bool // the RawConn's fd is the epoll's, c.rep or c.sep
-	ctl    func(fd uintptr)      // run without arming, for RawConn.Control
-	dis    func(fd uintptr)      // disarm, for RawConn.Control
-	done   bool                  // ctl's result
-	head   []byte                // sendmsg only: sent before p, in the same datagram
-	p      []byte
-	oob    []byte
-	n      int
-	oobn   int
-	flag   int // recvmsg's msg_flags
-	gone   bool
-	err    error // the syscall's
-	werr   error // the wait's: a deadline or Close seen in the first phase
-	armed  int   // the epoll fd watching the socket for this wait, or -1
-	polled bool  // the first phase is over
-	answer bool  // recvmsg: c sent something since the last Recv
-
-	// A call blocked in the kernel, and a request to interrupt it.
-	blocked atomic.Bool
-	kick    atomic.Bool
-}
-
-func newOp(c *Conn, in bool) *sysop {
-	op := &sysop{c: c, in: in, armed: -1}
-	if in {
-		op.oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
-	}
-	op.fn = op.run
-	op.ctl = func(uintptr) { op.done = op.run(noEpoll) }
-	op.dis = func(uintptr) { op.disarm() }
-	return op
-}
-
-// run makes the syscall until it is done or must wait in the poller, for
-// which it leaves the socket watched by the epoll ep.
-func (op *sysop) run(ep uintptr) bool {
-	for {
-		block := !op.polled && op.mayBlock()
-		op.try(block)
-		switch {
-		case op.err == unix.EINTR:
-			if op.c.closed.Load() {
-				op.werr = net.ErrClosed
-				return true
-			}
-		case op.err == unix.ECONNRESET && op.in:
-			// A SEQPACKET peer that closed with our data unread makes the
-			// kernel report ECONNRESET once, before the datagrams it had
-			// sent us.
-		case op.err != unix.EAGAIN:
-			op.disarm()
-			return true
-		case block:
-			// The timeout ran out, or the description is non-blocking.
-			op.polled = true
-		case ep == noEpoll:
-			return false
-		default:
-			op.polled = true
-			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(op.c.sock)}
-			if !op.in {
-				ev.Events = unix.EPOLLOUT
-			}
-			// Readiness that came since the try makes ep ready at once.
-			err := unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, op.c.sock, &ev)
-			if err != nil && err != unix.EEXIST {
-				op.werr = os.NewSyscallError("epoll_ctl", err)
-				return true
-			}
-			op.armed = int(ep)
-			return false
+	for dir := range s.op {
+		o := &op{s: s, dir: dir}
+		if dir == reading {
+			o.oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
 		}
+		o.ctl = o.control
+		o.arm = o.pollArm
+		o.del = func(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, s.fd, nil) }
+		s.op[dir] = o
 	}
+	return s, nil
 }
 
-// mayBlock reports whether the syscall may block now: a recvmsg awaiting
-// an answer (c sent something since its last Recv), not after Close, nor
-// with a deadline near. Other waits are a stream's, which the poller
-// serves better: a sender blocked in sendmsg is woken for every datagram
-// the peer takes, and a receiver blocked in recvmsg for every datagram
-// that comes, each time handing its P on.
-func (op *sysop) mayBlock() bool {
-	dl := op.c.rdl.Load()
-	return op.in && op.answer && !op.c.closed.Load() && (dl == 0 || time.Duration(dl)-time.Since(epoch) > nearDeadline)
+// recv receives one datagram into p, and returns its length, its control
+// data and recvmsg's msg_flags, of which the caller checks MSG_TRUNC and
+// MSG_CTRUNC, never flags != 0: the kernel echoes MSG_CMSG_CLOEXEC there. An
+// empty datagram is n == 0; the peer gone at the end of input is io.EOF.
+// answer says that the call awaits an answer to what was just sent.
+func (s *socket) recv(p []byte, answer bool) (n int, oob []byte, flags int, err error) {
+	o := s.op[reading]
+	o.p = p
+	err = o.do(answer)
+	o.p = nil
+	if err != nil || o.err != nil {
+		return 0, nil, 0, opError("recvmsg", err, o.err)
+	}
+	return o.n, o.oob[:o.oobn], o.flags, nil
 }
 
-// try makes one sendmsg or recvmsg, which may wait in the kernel only if
-// block is set. MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
-func (op *sysop) try(block bool) {
-	trap, flags := uintptr(unix.SYS_RECVMSG), unix.MSG_CMSG_CLOEXEC
-	if !op.in {
-		trap, flags = unix.SYS_SENDMSG, unix.MSG_NOSIGNAL
+// send sends head then p, with the control data oob, as one datagram.
+func (s *socket) send(head, p, oob []byte) error {
+	o := s.op[writing]
+	o.head, o.p, o.oob = head, p, oob
+	err := o.do(false)
+	o.head, o.p, o.oob = nil, nil, nil
+	if o.err == unix.ECONNRESET {
+		// A peer that closed with our data unread: the next sendmsg says
+		// ECONNRESET, the one after EPIPE. Both mean the peer is gone.
+		o.err = errPeerReset{}
 	}
+	return opError("sendmsg", err, o.err)
+}
+
+// opError is the error of a call: of its wait if any, else of its syscall.
+func opError(name string, wait, sys error) error {
 	switch {
-	case !block:
-		op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags|unix.MSG_DONTWAIT)
-	case nblocked.Add(1) > maxBlocked:
-		nblocked.Add(-1)
-		op.err = unix.EAGAIN
-	default:
-		op.blocked.Store(true)
-		op.err = unix.EINTR
-		if !op.kick.Swap(false) {
-			op.n, op.oobn, op.flag, op.err = msg(trap, uintptr(op.c.sock), op.head, op.p, op.oob, flags)
-		}
-		op.blocked.Store(false)
-		nblocked.Add(-1)
+	case wait != nil:
+		return fmt.Errorf("channel: %s: %w", name, wait)
+	case sys == nil || sys == io.EOF:
+		return sys
 	}
-	op.gone = op.in && op.err == nil && op.n == 0 && peerGone(op.c.sock)
+	return fmt.Errorf("channel: %w", os.NewSyscallError(name, sys))
 }
 
-// interrupt makes a recvmsg blocked in op look again at Close and the
-// deadline: with SO_RCVTIMEO set, a signal makes it fail with EINTR
-// (signal(7)). Which thread is blocked is not known without a syscall per
-// wait, so every thread of the process gets SIGURG, the runtime's own
-// preemption signal, which a Go program may receive spuriously anyway; the
-// runtime restarts its other syscalls. The signal is sent again until the
-// call is left, since it may come just before the thread enters it.
-func (op *sysop) interrupt() {
-	op.kick.Store(true)
-	for pid := os.Getpid(); op.blocked.Load() && op.kick.Load(); time.Sleep(20 * time.Microsecond) {
-		tasks, _ := os.ReadDir("/proc/self/task")
-		for _, t := range tasks {
-			if tid, err := strconv.Atoi(t.Name()); err == nil {
-				unix.Tgkill(pid, tid, unix.SIGURG)
-			}
+// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
+type errPeerReset struct{}
+
+func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
+
+func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
+
+// An op is one direction's sendmsg or recvmsg with its waits, in a form that
+// RawConn callbacks can run. Its funcs are bound once, so that a call
+// allocates nothing.
+type op struct {
+	s              *socket
+	dir            int
+	head, p, oob   []byte // sendmsg sends head then p as one datagram
+	n, oobn, flags int
+	err            error         // the syscall's
+	sleep          bool   // wait in the kernel before the syscall
+	armed          bool   // ep watches the socket for o
+	ctl, del       func(uintptr)
+	arm            func(uintptr) bool
+}
+
+// do makes o's syscall, waiting while it would block, first in the kernel if
+// inKernel is set. It returns the wait's error, net.ErrClosed or
+// os.ErrDeadlineExceeded, or else nil, and then the syscall's is o.err.
+func (o *op) do(inKernel bool) error {
+	s := o.s
+	for {
+		if s.closed.Load() {
+			return net.ErrClosed
+		}
+		if s.left(o.dir) <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		o.sleep = inKernel && s.kmu.TryLock()
+		err := s.rc.Control(o.ctl)
+		if o.sleep {
+			s.kmu.Unlock()
+		}
+		if err != nil {
+			return net.ErrClosed
+		}
+		if o.err != unix.EAGAIN {
+			return nil
+		}
+		// In the poller, unless the other direction waits there: then in
+		// the kernel, a kernelWait at a time.
+		inKernel = true
+		if s.pmu.TryLock() {
+			s.pollWait(o)
+			s.pmu.Unlock()
+			inKernel = false
 		}
 	}
 }
 
-// disarm stops the watch of the last wait, so that the runtime's poller
-// is not woken for a socket nobody waits on.
-func (op *sysop) disarm() {
-	if op.armed >= 0 {
-		unix.EpollCtl(op.armed, unix.EPOLL_CTL_DEL, op.c.sock, nil)
-		op.armed = -1
+// left returns the time left until dir's deadline, at most s.kmax, or 0
+// once it has passed.
+func (s *socket) left(dir int) time.Duration {
+	dl := s.dl[dir].Load()
+	if dl == 0 {
+		return s.kmax
 	}
+	return max(min(time.Duration(dl)-time.Since(epoch), s.kmax), 0)
+}
+
+// control runs in a RawConn callback: a wait in the kernel if o.sleep is
+// set, then the syscall.
+func (o *op) control(uintptr) {
+	s := o.s
+	if o.sleep {
+		ev := int16(unix.POLLIN | unix.POLLRDHUP)
+		if o.dir == writing {
+			ev = unix.POLLOUT
+		}
+		pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
+		s.kwait.Store(true)
+		// Looked at after kwait is set: a later Close or deadline wakes us.
+		if d := s.left(o.dir); d > 0 && !s.closed.Load() {
+			ts := unix.NsecToTimespec(int64(d)) // new each time: ppoll writes the time left back
+			syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+		}
+		s.kwait.Store(false)
+		if pfd[1].Revents != 0 {
+			var b [8]byte
+			unix.Read(s.efd, b[:])
+		}
+	}
+	if o.dir == writing {
+		// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+		o.n, _, _, o.err = msg(unix.SYS_SENDMSG, s.fd, o.head, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return
+	}
+	for {
+		o.n, o.oobn, o.flags, o.err = msg(unix.SYS_RECVMSG, s.fd, nil, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		// A SEQPACKET peer that closed with our data unread makes recvmsg
+		// fail once with ECONNRESET, before the datagrams it had sent us.
+		if o.err != unix.ECONNRESET {
+			break
+		}
+	}
+	if o.err == nil && o.n == 0 && o.oobn == 0 && peerGone(s.fd) {
+		o.err = io.EOF
+	}
+}
+
+// pollWait waits in the runtime poller until the socket is ready for o, its
+// deadline passes or s is closed. The caller holds s.pmu, and looks again.
+func (s *socket) pollWait(o *op) {
+	s.dmu.Lock()
+	s.pdir = o.dir
+	s.ep.SetReadDeadline(s.deadline(o.dir))
+	s.dmu.Unlock()
+	o.armed = false
+	s.rc.Read(o.arm)
+	s.dmu.Lock()
+	s.pdir = -1
+	s.dmu.Unlock()
+	if o.armed {
+		s.rc.Control(o.del)
+	}
+}
+
+// pollArm, in ep's RawConn.Read, makes ep watch the socket for o; called
+// again once ep is ready, it ends the wait. Readiness that came since o's
+// syscall makes ep ready at once.
+func (o *op) pollArm(ep uintptr) bool {
+	if o.armed {
+		return true
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(o.s.fd)}
+	if o.dir == writing {
+		ev.Events = unix.EPOLLOUT
+	}
+	err := unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, o.s.fd, &ev)
+	o.armed = err == nil
+	return err != nil
+}
+
+// deadline returns dir's deadline as a time, zero for none.
+func (s *socket) deadline(dir int) time.Time {
+	if dl := s.dl[dir].Load(); dl != 0 {
+		return epoch.Add(time.Duration(dl))
+	}
+	return time.Time{}
+}
+
+// setDeadline sets dir's deadline, and makes a call waiting on it look again.
+func (s *socket) setDeadline(dir int, t time.Time) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	dl := int64(0)
+	if !t.IsZero() {
+		dl = max(int64(t.Sub(epoch)), 1) // at least 1: already past
+	}
+	s.dmu.Lock()
+	s.dl[dir].Store(dl)
+	if s.pdir == dir {
+		s.ep.SetReadDeadline(t)
+	}
+	s.dmu.Unlock()
+	if s.kwait.Load() {
+		s.wake()
+	}
+	return nil
+}
+
+// wake ends the wait of the call waiting in the kernel, if any.
+func (s *socket) wake() {
+	s.rc.Control(func(uintptr) {
+		unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	})
+}
+
+// close closes the socket; calls waiting on it return net.ErrClosed.
+func (s *socket) close() error {
+	if s.closed.Swap(true) {
+		return net.ErrClosed
+	}
+	s.wake()
+	s.ep.Close() // wakes the poller's waiter, and waits for every callback
+	err := unix.Close(s.fd)
+	unix.Close(s.efd)
+	return err
+}
+
+// dup returns a close-on-exec duplicate of the socket.
+func (s *socket) dup() (fd int, err error) {
+	if s.rc.Control(func(uintptr) { fd, err = unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0) }) != nil {
+		return -1, net.ErrClosed
+	}
+	return fd, err
 }
 
 // msg makes one sendmsg or recvmsg call on the bytes of head then p, and
 // returns the bytes moved and, for recvmsg, the control bytes received and
-// msg_flags.
-//
-// A call with MSG_DONTWAIT never waits, and is a raw syscall: skipping the
-// runtime's entersyscall spares a wake-up of its sysmon thread per call.
-func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
+// msg_flags. Calls never wait (MSG_DONTWAIT), so they are raw syscalls:
+// skipping the runtime's entersyscall spares a wake-up of its sysmon.
+func msg(trap uintptr, fd int, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
 	var iov [2]unix.Iovec
 	var h unix.Msghdr
 	k := 0
@@ -281,93 +385,11 @@ func msg(trap, fd uintptr, head, p, oob []byte, flags int) (n, oobn, outflags in
 		h.Control = &oob[0]
 		h.SetControllen(len(oob))
 	}
-	call := unix.RawSyscall
-	if flags&unix.MSG_DONTWAIT == 0 {
-		call = unix.Syscall // may block: the runtime may take the P
-	}
-	r, _, e := call(trap, fd, uintptr(unsafe.Pointer(&h)), uintptr(flags))
+	r, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&h)), uintptr(flags))
 	if e != 0 {
 		return 0, 0, 0, e
 	}
 	return int(r), int(h.Controllen), int(h.Flags), nil
-}
-
-// send sends head then p, with the control data oob, as one datagram.
-func (op *sysop) send(head, p, oob []byte) error {
-	op.head, op.p, op.oob = head, p, oob
-	defer func() { op.head, op.p, op.oob = nil, nil, nil }()
-	op.werr, op.done, op.polled = nil, false, false
-	if dl := op.c.wdl.Load(); dl != 0 && time.Duration(dl) <= time.Since(epoch) {
-		op.werr = os.ErrDeadlineExceeded
-	}
-	// sendmsg under c.rep's Control, which keeps the socket open; a wait on
-	// c.sep, made for the first Send that waits.
-	var err error
-	if op.werr == nil {
-		err = op.c.rep.rc.Control(op.ctl)
-	}
-	if err == nil && !op.done && op.werr == nil {
-		var sep *poller
-		if sep, err = op.c.sendPoller(); err == nil {
-			if err = sep.rc.Read(op.fn); err != nil && op.armed >= 0 {
-				op.c.rep.rc.Control(op.dis)
-			}
-		}
-	}
-	if op.err == unix.ECONNRESET {
-		// A peer that closed with our data unread: the next sendmsg says
-		// ECONNRESET, the one after EPIPE. Both mean the peer is gone.
-		op.err = errPeerReset{}
-	}
-	return op.result("sendmsg", err)
-}
-
-// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
-type errPeerReset struct{}
-
-func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
-
-func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
-
-// recv receives one datagram into p and appends the fds that came with it
-// to fds. It returns recvmsg's msg_flags, of which the caller checks
-// MSG_TRUNC and MSG_CTRUNC, never flags != 0: the kernel echoes
-// MSG_CMSG_CLOEXEC there. It reports an end of input (n == 0 without fds)
-// as io.EOF only when the peer is gone; an empty datagram is n == 0.
-func (op *sysop) recv(p []byte, fds []int) (n int, _ []int, flags int, err error) {
-	op.p = p
-	op.werr, op.polled = nil, false
-	op.answer = op.answer || op.c.sent.Swap(false)
-	if err = op.c.rep.rc.Read(op.fn); err != nil && op.armed >= 0 {
-		op.c.rep.rc.Control(op.dis)
-	}
-	op.p = nil
-	if err = op.result("recvmsg", err); err != nil {
-		return 0, fds, 0, err
-	}
-	op.answer = false
-	k := len(fds)
-	fds = parseRights(op.oob[:op.oobn], fds)
-	if op.n == 0 && len(fds) == k && op.gone {
-		return 0, fds, op.flag, io.EOF
-	}
-	return op.n, fds, op.flag, nil
-}
-
-// result turns the error of the wait, or else of the syscall, into ours.
-func (op *sysop) result(name string, waitErr error) error {
-	if op.werr != nil {
-		waitErr = op.werr
-	}
-	switch {
-	case op.c.closed.Load() && waitErr != nil:
-		return closedErr(name)
-	case waitErr != nil:
-		return fmt.Errorf("channel: %s: %w", name, waitErr)
-	case op.err != nil:
-		return fmt.Errorf("channel: %w", os.NewSyscallError(name, op.err))
-	}
-	return nil
 }
 
 // peerGone tells an end of input from an empty datagram, which recvmsg
@@ -382,9 +404,9 @@ func peerGone(fd int) bool {
 	return err == nil && queued == 0
 }
 
-// parseRights appends the fds of every SCM_RIGHTS message in oob to fds,
-// and closes those of any other control message (SCM_PIDFD, from
-// SO_PASSPIDFD): they are not the message's, and only we can close them.
+// parseRights appends the fds of every SCM_RIGHTS message in oob to fds, and
+// closes those of any other control message that carries some (SCM_PIDFD):
+// they are not the message's, and only we can close them.
 func parseRights(oob []byte, fds []int) []int {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
@@ -392,8 +414,7 @@ func parseRights(oob []byte, fds []int) []int {
 			break
 		}
 		if h.Level == unix.SOL_SOCKET && (h.Type == unix.SCM_RIGHTS || h.Type == unix.SCM_PIDFD) {
-			data := oob[unix.CmsgLen(0):h.Len]
-			for ; len(data) >= 4; data = data[4:] {
+			for data := oob[unix.CmsgLen(0):h.Len]; len(data) >= 4; data = data[4:] {
 				fd := int(int32(binary.NativeEndian.Uint32(data)))
 				if h.Type == unix.SCM_RIGHTS {
 					fds = append(fds, fd)
@@ -402,49 +423,9 @@ func parseRights(oob []byte, fds []int) []int {
 				}
 			}
 		}
-		space := unix.CmsgSpace(int(h.Len) - unix.CmsgLen(0))
-		if space > len(oob) {
-			break
-		}
-		oob = oob[space:]
+		oob = oob[min(unix.CmsgSpace(int(h.Len)-unix.CmsgLen(0)), len(oob)):]
 	}
 	return fds
-}
-
-// putRights builds into buf, grown as needed, one SCM_RIGHTS message with
-// the fds of files. It reads fd numbers through SyscallConn, never Fd(),
-// which would put the file into blocking mode for every holder. The caller
-// keeps files alive until sendmsg returns.
-func putRights(buf []byte, files []*os.File) ([]byte, error) {
-	if len(files) == 0 {
-		return buf[:0], nil
-	}
-	n := unix.CmsgSpace(4 * len(files))
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	clear(buf)
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
-	h.Level = unix.SOL_SOCKET
-	h.Type = unix.SCM_RIGHTS
-	h.SetLen(unix.CmsgLen(4 * len(files)))
-	data := buf[unix.CmsgLen(0):]
-	for i, f := range files {
-		if f == nil {
-			return buf[:0], fmt.Errorf("channel: file %d is nil", i)
-		}
-		sc, err := f.SyscallConn()
-		if err != nil {
-			return buf[:0], fmt.Errorf("channel: file %d: %w", i, err)
-		}
-		var fd uintptr
-		if err := sc.Control(func(s uintptr) { fd = s }); err != nil {
-			return buf[:0], fmt.Errorf("channel: file %d: %w", i, err)
-		}
-		binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
-	}
-	return buf, nil
 }
 
 // closeFds closes fds received and not handed to the caller.

@@ -48,6 +48,8 @@ func init() {
 			}
 		}
 	})
+	Register("fileconn-at-limit", fileConnAtLimit)
+	Register("send-at-limit", sendAtLimit)
 	Register("args", func(c *Conn) error {
 		return c.Send(os.Args)
 	})
@@ -474,7 +476,7 @@ func TestChildKilledMidFrame(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("nothing of the large message queued after 30s")
 		}
-		queued, _ = unix.IoctlGetInt(c.sock, unix.SIOCINQ)
+		queued, _ = unix.IoctlGetInt(c.s.fd, unix.SIOCINQ)
 		time.Sleep(time.Millisecond)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)

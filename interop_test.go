@@ -22,10 +22,11 @@ func TestPythonPeer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("this test needs python3 on the PATH, to run the cross-language peer testdata/peer.py: %v", err)
 	}
-	f0, f1, err := socketpair()
+	fds, err := socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
+	f0, f1 := os.NewFile(uintptr(fds[0]), "channel"), os.NewFile(uintptr(fds[1]), "channel")
 	c, err := FileConn(f0)
 	f0.Close()
 	if err != nil {

@@ -147,15 +147,15 @@ func Start(cmd *exec.Cmd) (*Conn, error) {
 	if !ok {
 		return nil, fmt.Errorf("channel: no child function registered as %q", cmd.Args[0])
 	}
-	pf, f, err := socketpair()
+	fds, err := socketpair()
 	if err != nil {
 		return nil, err
 	}
 	// The child's end is closed here whatever happens, so that the parent
 	// sees EOF when the child goes.
+	f := os.NewFile(uintptr(fds[1]), "channel")
 	defer f.Close()
-	parent, err := FileConn(pf)
-	pf.Close()
+	parent, err := newConn(fds[0])
 	if err != nil {
 		return nil, err
 	}
