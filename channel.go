@@ -44,6 +44,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -88,7 +89,7 @@ const (
 func Pair() (*Conn, *Conn, error) {
 	fds, err := socketpair()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("channel: %w", err)
 	}
 	c0, err := newConn(fds[0])
 	if err != nil {
@@ -106,10 +107,7 @@ func Pair() (*Conn, *Conn, error) {
 func socketpair() ([2]int, error) {
 	// CLOEXEC: a child started elsewhere meanwhile must not inherit an end.
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fds, fmt.Errorf("channel: %w", os.NewSyscallError("socketpair", err))
-	}
-	return fds, nil
+	return fds, os.NewSyscallError("socketpair", err)
 }
 
 // FileConn returns a Conn on a duplicate of f, which must be a connected
@@ -128,12 +126,7 @@ func FileConn(f *os.File) (*Conn, error) {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
 	fd := -1
-	cerr := rc.Control(func(s uintptr) {
-		if err = checkSocket(int(s)); err == nil {
-			fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-		}
-	})
-	if cerr != nil {
+	if cerr := rc.Control(func(s uintptr) { fd, err = checkSocket(int(s)) }); cerr != nil {
 		err = cerr
 	}
 	if err != nil {
@@ -142,35 +135,37 @@ func FileConn(f *os.File) (*Conn, error) {
 	return newConn(fd)
 }
 
-// checkSocket reports whether s is a connected AF_UNIX SOCK_SEQPACKET socket.
-func checkSocket(s int) error {
+// checkSocket returns a close-on-exec duplicate of s if it is a connected
+// AF_UNIX SOCK_SEQPACKET socket.
+func checkSocket(s int) (int, error) {
 	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	if err != nil {
-		return err
-	}
-	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	typ, err2 := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	_, err3 := unix.Getpeername(s)
 	switch {
-	case err != nil:
-		return err
+	case err != nil || err2 != nil:
+		return -1, errors.Join(err, err2)
 	case dom != unix.AF_UNIX:
-		return errors.New("not an AF_UNIX socket")
+		return -1, errors.New("not an AF_UNIX socket")
 	case typ != unix.SOCK_SEQPACKET:
-		return errors.New(`not a SOCK_SEQPACKET socket: listen and dial with "unixpacket"`)
+		return -1, errors.New(`not a SOCK_SEQPACKET socket: listen and dial with "unixpacket"`)
+	case err3 != nil:
+		return -1, err3
 	}
-	_, err = unix.Getpeername(s)
-	return err
+	fd, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
+	return fd, os.NewSyscallError("fcntl", err)
 }
 
 // newConn returns a Conn on the socket fd, which it owns from then on.
 func newConn(fd int) (*Conn, error) {
 	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	if err != nil {
+	var s *socket
+	if err == nil {
+		s, err = newSocket(fd)
+	} else {
 		unix.Close(fd)
-		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("getsockopt", err))
 	}
-	s, err := newSocket(fd)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("channel: %w", err)
 	}
 	// A datagram must fit the send buffer less 32 bytes (EMSGSIZE otherwise).
 	c := &Conn{s: s, rlen: sndbuf, dgram: max(sndbuf-32, minDgram)}
@@ -189,7 +184,7 @@ func newConn(fd int) (*Conn, error) {
 func (c *Conn) File() (*os.File, error) {
 	fd, err := c.s.dup()
 	if err != nil {
-		return nil, opError("file", err, nil)
+		return nil, wrap("file", err)
 	}
 	return os.NewFile(uintptr(fd), "channel"), nil
 }
@@ -249,9 +244,12 @@ func (c *Conn) send(v any, files []*os.File) error {
 		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", len(body), maxLen)
 	}
 	putHeader(c.hdr[:], len(body))
-	oob, err := rights(files)
-	if err != nil {
-		return err
+	var oob []byte
+	if len(files) > 0 {
+		var err error
+		if oob, err = rights(files); err != nil {
+			return err
+		}
 	}
 	// The message is the header then body, cut into datagrams of c.dgram
 	// bytes; its files go with the first.
@@ -283,17 +281,14 @@ func (c *Conn) send(v any, files []*os.File) error {
 // through SyscallConn, never Fd(), which would put a file into blocking mode
 // for every holder. The caller keeps files alive until sendmsg returns.
 func rights(files []*os.File) ([]byte, error) {
-	if len(files) == 0 {
-		return nil, nil
-	}
 	fds := make([]int, len(files))
 	for i, f := range files {
-		if f == nil {
-			return nil, fmt.Errorf("channel: file %d is nil", i)
-		}
-		sc, err := f.SyscallConn()
-		if err == nil {
-			err = sc.Control(func(fd uintptr) { fds[i] = int(fd) })
+		err := errors.New("nil")
+		if f != nil {
+			var rc syscall.RawConn
+			if rc, err = f.SyscallConn(); err == nil {
+				err = rc.Control(func(fd uintptr) { fds[i] = int(fd) })
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("channel: file %d: %w", i, err)
@@ -351,30 +346,28 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 	}
 	fds, err := c.fds, c.ferr
 	c.fds, c.ferr = nil, nil
-	defer func() {
-		if fds != nil { // an error, or a panic in the caller's UnmarshalJSON
-			closeFds(fds)
-		}
-	}()
-	if err == nil && !wantFds && len(fds) > 0 {
+	defer func() { closeFds(fds) }() // unless handed over; also on a panic in UnmarshalJSON
+	switch {
+	case err != nil:
+	case !wantFds && len(fds) > 0:
 		err = fmt.Errorf("channel: message carried %d files, closed: receive it with RecvWithFds", len(fds))
+	case raw != nil && (validJSON(data) || json.Valid(data)):
+		// As Unmarshal would, with one fast pass over the value.
+		if data = bytes.TrimSpace(data); !inRaw { // valid JSON: only JSON's spaces
+			data = append((*raw)[:0], data...)
+		}
+		*raw = data
+	default:
+		if err = json.Unmarshal(data, v); err != nil {
+			err = fmt.Errorf("channel: %w", err)
+		}
 	}
-	if err != nil {
+	if err != nil || len(fds) == 0 {
 		return nil, err
 	}
-	if raw != nil && (validJSON(data) || json.Valid(data)) {
-		// As Unmarshal would, with one fast pass over the value.
-		if data = bytes.TrimSpace(data); inRaw { // valid JSON: only JSON's spaces
-			*raw = data
-		} else {
-			*raw = append((*raw)[:0], data...)
-		}
-	} else if err := json.Unmarshal(data, v); err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
-	}
-	var files []*os.File
-	for _, fd := range fds {
-		files = append(files, os.NewFile(uintptr(fd), "channel-fd"))
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "channel-fd")
 	}
 	fds = nil
 	return files, nil
@@ -384,84 +377,62 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 // JSON; the fds that came with it are in c.fds. For a Recv into a
 // json.RawMessage, raw is not nil: then a message of several datagrams is
 // reassembled in *raw's memory if it has room, and inRaw says that the JSON
-// returned is there. Memory for a message grows with the bytes received,
-// never by the length announced alone.
+// returned is there. Otherwise the memory of a message grows with the bytes
+// received, at most twice, never by the length announced alone.
 func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error) {
-	if c.msg == nil {
-		if c.rbuf == nil {
+	for first := c.msg == nil; first || len(c.msg) < c.want; first = false {
+		p := c.rbuf
+		if first && p == nil {
 			c.rbuf = make([]byte, c.rlen)
+			p = c.rbuf
+		} else if !first {
+			if need := min(c.want-len(c.msg), c.rlen); cap(c.msg)-len(c.msg) < need {
+				c.msg = append(make([]byte, 0, min(c.want, max(2*cap(c.msg), len(c.msg)+need))), c.msg...)
+			}
+			p = c.msg[len(c.msg):min(c.want, cap(c.msg))]
 		}
-		n, err := c.datagram(c.rbuf, true)
-		if err != nil {
-			return nil, false, err
-		}
-		d := c.rbuf[:n]
-		want, err := parseHeader(d)
-		if err != nil {
-			return nil, false, c.broken(err)
-		}
-		if len(d)-headerLen == want {
-			return d[headerLen:], false, nil
-		}
-		c.want, c.inRaw = want, raw != nil && cap(*raw) >= want
-		if c.inRaw {
-			c.msg = append((*raw)[:0], d[headerLen:]...)
-		} else {
-			c.msg = append([]byte(nil), d[headerLen:]...)
-		}
-	}
-	for len(c.msg) < c.want {
-		c.grow(min(c.want-len(c.msg), c.rlen)) // room for the next datagram
-		n, err := c.datagram(c.msg[len(c.msg):min(c.want, cap(c.msg))], false)
-		if err == io.EOF {
+		k := len(c.fds)
+		n, oob, flags, err := c.s.recv(p, first && c.sent.Swap(false))
+		c.fds = parseRights(oob, c.fds)
+		switch {
+		case err == io.EOF && !first:
 			c.drop()
 			return nil, false, io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			if c.inRaw { // the caller's memory is theirs again once we return
-				c.inRaw = false
-				c.msg = append([]byte(nil), c.msg...)
-			}
+		case err != nil && c.inRaw && !first:
+			c.msg, c.inRaw = append([]byte(nil), c.msg...), false // the caller's memory is theirs again
 			return nil, false, err
-		}
-		if n == 0 {
+		case err != nil:
+			return nil, false, err
+		case flags&unix.MSG_TRUNC != 0:
+			return nil, false, c.broken(fmt.Errorf("%w: datagram longer than the %d bytes due", errFrame, len(p)))
+		case !first && len(c.fds) > k:
+			return nil, false, c.broken(fmt.Errorf("%w: file descriptors on a continuation datagram", errFrame))
+		case !first && n == 0:
 			return nil, false, c.broken(fmt.Errorf("%w: empty datagram", errFrame))
+		case flags&unix.MSG_CTRUNC != 0 && c.ferr == nil:
+			// Control buffer too small or RLIMIT_NOFILE reached: the
+			// kernel installed what fit and dropped the rest.
+			c.ferr = errors.New("channel: control data truncated, files dropped (descriptor limit reached?)")
 		}
-		c.msg = c.msg[:len(c.msg)+n]
+		if !first {
+			c.msg = c.msg[:len(c.msg)+n]
+			continue
+		}
+		want, err := parseHeader(p[:n])
+		if err != nil {
+			return nil, false, c.broken(err)
+		} else if n-headerLen == want {
+			return p[headerLen:n], false, nil
+		}
+		c.want, c.inRaw = want, raw != nil && cap(*raw) >= want
+		if c.msg = nil; c.inRaw {
+			c.msg = (*raw)[:0]
+		}
+		c.msg = append(c.msg, p[headerLen:n]...)
 	}
 	msg := c.msg
 	c.msg = nil
 	return msg, c.inRaw, nil
-}
-
-// grow makes room in c.msg for n more bytes: at least twice what it had, at
-// most what the message still needs. The caller's memory always has room.
-func (c *Conn) grow(n int) {
-	if cap(c.msg)-len(c.msg) < n {
-		m := make([]byte, len(c.msg), min(c.want, max(2*cap(c.msg), len(c.msg)+n)))
-		copy(m, c.msg)
-		c.msg = m
-	}
-}
-
-// datagram receives one datagram of a message into p.
-func (c *Conn) datagram(p []byte, first bool) (int, error) {
-	n, oob, flags, err := c.s.recv(p, first && c.sent.Swap(false))
-	k := len(c.fds)
-	c.fds = parseRights(oob, c.fds)
-	switch {
-	case err != nil:
-		return 0, err
-	case flags&unix.MSG_TRUNC != 0:
-		return 0, c.broken(fmt.Errorf("%w: datagram longer than the %d bytes due", errFrame, len(p)))
-	case !first && len(c.fds) > k:
-		return 0, c.broken(fmt.Errorf("%w: file descriptors on a continuation datagram", errFrame))
-	case flags&unix.MSG_CTRUNC != 0 && c.ferr == nil:
-		// Control buffer too small or RLIMIT_NOFILE reached: the kernel
-		// installed what fit and dropped the rest.
-		c.ferr = errors.New("channel: control data truncated, files dropped (descriptor limit reached?)")
-	}
-	return n, nil
 }
 
 // broken stops the receive side with err, a protocol error.
@@ -492,14 +463,14 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // [Conn.RecvWithFds]; past it they return an error matching
 // [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	return opError("set read deadline", c.s.setDeadline(reading, t), nil)
+	return wrap("set read deadline", c.s.setDeadline(reading, t))
 }
 
 // SetWriteDeadline sets the deadline for [Conn.Send] and
 // [Conn.SendWithFds]; past it they return an error matching
 // [os.ErrDeadlineExceeded]. The zero time means none.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	return opError("set write deadline", c.s.setDeadline(writing, t), nil)
+	return wrap("set write deadline", c.s.setDeadline(writing, t))
 }
 
 // Close closes the socket. Calls blocked in c return at once, and every
@@ -509,15 +480,11 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 // a message received in part are closed.
 func (c *Conn) Close() error {
 	err := c.s.close()
-	if err == net.ErrClosed {
-		return opError("close", err, nil)
+	if err != net.ErrClosed {
+		c.cleanup.Stop()
+		c.rmu.Lock()
+		c.drop()
+		c.rmu.Unlock()
 	}
-	c.cleanup.Stop()
-	c.rmu.Lock()
-	c.drop()
-	c.rmu.Unlock()
-	if err != nil {
-		return fmt.Errorf("channel: %w", os.NewSyscallError("close", err))
-	}
-	return nil
+	return wrap("close", err)
 }

@@ -54,25 +54,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxFds is SCM_MAX_FD: the kernel refuses more fds in one sendmsg.
-const maxFds = 253
-
-// oobExtra is control buffer room beyond maxFds descriptors, for what socket
-// options make the kernel add to every datagram: SCM_CREDENTIALS, a
-// timestamp, SCM_PIDFD, an SCM_SECURITY label.
-const oobExtra = 512
-
-// kernelWait bounds one wait in the kernel: past it a call holds no thread.
-const kernelWait = 2 * time.Millisecond
-
-// epoch is the origin of the monotonic times of deadlines.
-var epoch = time.Now()
+const (
+	// maxFds is SCM_MAX_FD: the kernel refuses more fds in one sendmsg.
+	maxFds = 253
+	// oobExtra is control buffer room beyond maxFds descriptors, for what
+	// socket options make the kernel add to every datagram: SCM_CREDENTIALS,
+	// a timestamp, SCM_PIDFD, an SCM_SECURITY label.
+	oobExtra = 512
+	// kernelWait bounds one wait in the kernel: past it a call holds no
+	// thread.
+	kernelWait = 2 * time.Millisecond
+)
 
 // The two directions of a socket.
 const (
 	reading = iota
 	writing
 )
+
+// epoch is the origin of the monotonic times of deadlines.
+var epoch = time.Now()
 
 type socket struct {
 	fd, efd int
@@ -88,7 +89,8 @@ type socket struct {
 
 	// dmu orders deadline changes with the start of a wait in the poller.
 	dmu  sync.Mutex
-	pdir int // the direction waiting in the poller, or -1
+	dlt  [2]time.Time // dl as times
+	pdir int          // the direction waiting in the poller, or -1
 }
 
 // newSocket returns a socket on fd, which it owns from then on, even on error.
@@ -96,33 +98,24 @@ func newSocket(fd int) (*socket, error) {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("eventfd", err))
+		return nil, os.NewSyscallError("eventfd", err)
 	}
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		unix.Close(fd)
 		unix.Close(efd)
-		return nil, fmt.Errorf("channel: %w", os.NewSyscallError("epoll_create1", err))
+		return nil, os.NewSyscallError("epoll_create1", err)
 	}
 	unix.SetNonblock(ep, true) // our own description: for the runtime poller
 	s := &socket{fd: fd, efd: efd, ep: os.NewFile(uintptr(ep), "channel-epoll"), pdir: -1, kmax: kernelWait}
-	s.rc, err = s.ep.SyscallConn()
-	if err != nil {
-		s.ep.Close()
-		unix.Close(fd)
-		unix.Close(efd)
-		return nil, fmt.Errorf("channel: %w", err)
-	}
+	s.rc, _ = s.ep.SyscallConn()
 	for dir := range s.op {
 		o := &op{s: s, dir: dir}
-		if dir == reading {
-			o.oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
-		}
-		o.ctl = o.control
-		o.arm = o.pollArm
+		o.ctl, o.arm = o.control, o.pollArm
 		o.del = func(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, s.fd, nil) }
 		s.op[dir] = o
 	}
+	s.op[reading].oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
 	return s, nil
 }
 
@@ -134,10 +127,10 @@ func newSocket(fd int) (*socket, error) {
 func (s *socket) recv(p []byte, answer bool) (n int, oob []byte, flags int, err error) {
 	o := s.op[reading]
 	o.p = p
-	err = o.do(answer)
+	err = wrap("recvmsg", o.do(answer))
 	o.p = nil
-	if err != nil || o.err != nil {
-		return 0, nil, 0, opError("recvmsg", err, o.err)
+	if err != nil {
+		return 0, nil, 0, err
 	}
 	return o.n, o.oob[:o.oobn], o.flags, nil
 }
@@ -146,33 +139,21 @@ func (s *socket) recv(p []byte, answer bool) (n int, oob []byte, flags int, err 
 func (s *socket) send(head, p, oob []byte) error {
 	o := s.op[writing]
 	o.head, o.p, o.oob = head, p, oob
-	err := o.do(false)
+	err := wrap("sendmsg", o.do(false))
 	o.head, o.p, o.oob = nil, nil, nil
-	if o.err == unix.ECONNRESET {
-		// A peer that closed with our data unread: the next sendmsg says
-		// ECONNRESET, the one after EPIPE. Both mean the peer is gone.
-		o.err = errPeerReset{}
-	}
-	return opError("sendmsg", err, o.err)
+	return err
 }
 
-// opError is the error of a call: of its wait if any, else of its syscall.
-func opError(name string, wait, sys error) error {
-	switch {
-	case wait != nil:
-		return fmt.Errorf("channel: %s: %w", name, wait)
-	case sys == nil || sys == io.EOF:
-		return sys
+// wrap names the call in err.
+func wrap(name string, err error) error {
+	switch err {
+	case nil, io.EOF:
+		return err
+	case net.ErrClosed, os.ErrDeadlineExceeded:
+		return fmt.Errorf("channel: %s: %w", name, err)
 	}
-	return fmt.Errorf("channel: %w", os.NewSyscallError(name, sys))
+	return fmt.Errorf("channel: %w", os.NewSyscallError(name, err))
 }
-
-// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
-type errPeerReset struct{}
-
-func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
-
-func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
 
 // An op is one direction's sendmsg or recvmsg with its waits, in a form that
 // RawConn callbacks can run. Its funcs are bound once, so that a call
@@ -182,16 +163,16 @@ type op struct {
 	dir            int
 	head, p, oob   []byte // sendmsg sends head then p as one datagram
 	n, oobn, flags int
-	err            error         // the syscall's
-	sleep          bool   // wait in the kernel before the syscall
-	armed          bool   // ep watches the socket for o
+	err            error // the syscall's
+	sleep          bool  // wait in the kernel before the syscall
+	armed          bool  // ep watches the socket for o
 	ctl, del       func(uintptr)
 	arm            func(uintptr) bool
 }
 
 // do makes o's syscall, waiting while it would block, first in the kernel if
 // inKernel is set. It returns the wait's error, net.ErrClosed or
-// os.ErrDeadlineExceeded, or else nil, and then the syscall's is o.err.
+// os.ErrDeadlineExceeded, or else the syscall's.
 func (o *op) do(inKernel bool) error {
 	s := o.s
 	for {
@@ -210,15 +191,14 @@ func (o *op) do(inKernel bool) error {
 			return net.ErrClosed
 		}
 		if o.err != unix.EAGAIN {
-			return nil
+			return o.err
 		}
 		// In the poller, unless the other direction waits there: then in
 		// the kernel, a kernelWait at a time.
-		inKernel = true
-		if s.pmu.TryLock() {
+		inKernel = !s.pmu.TryLock()
+		if !inKernel {
 			s.pollWait(o)
 			s.pmu.Unlock()
-			inKernel = false
 		}
 	}
 }
@@ -226,11 +206,10 @@ func (o *op) do(inKernel bool) error {
 // left returns the time left until dir's deadline, at most s.kmax, or 0
 // once it has passed.
 func (s *socket) left(dir int) time.Duration {
-	dl := s.dl[dir].Load()
-	if dl == 0 {
-		return s.kmax
+	if dl := s.dl[dir].Load(); dl != 0 {
+		return max(min(time.Duration(dl)-time.Since(epoch), s.kmax), 0)
 	}
-	return max(min(time.Duration(dl)-time.Since(epoch), s.kmax), 0)
+	return s.kmax
 }
 
 // control runs in a RawConn callback: a wait in the kernel if o.sleep is
@@ -238,10 +217,7 @@ func (s *socket) left(dir int) time.Duration {
 func (o *op) control(uintptr) {
 	s := o.s
 	if o.sleep {
-		ev := int16(unix.POLLIN | unix.POLLRDHUP)
-		if o.dir == writing {
-			ev = unix.POLLOUT
-		}
+		ev := [2]int16{unix.POLLIN | unix.POLLRDHUP, unix.POLLOUT}[o.dir]
 		pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
 		s.kwait.Store(true)
 		// Looked at after kwait is set: a later Close or deadline wakes us.
@@ -258,15 +234,17 @@ func (o *op) control(uintptr) {
 	if o.dir == writing {
 		// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
 		o.n, _, _, o.err = msg(unix.SYS_SENDMSG, s.fd, o.head, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		if o.err == unix.ECONNRESET {
+			// A peer that closed with our data unread: the next sendmsg
+			// says ECONNRESET, the one after EPIPE. Both mean it is gone.
+			o.err = unix.EPIPE
+		}
 		return
 	}
-	for {
+	// A SEQPACKET peer that closed with our data unread makes recvmsg fail
+	// once with ECONNRESET, before the datagrams it had sent us.
+	for o.err = unix.ECONNRESET; o.err == unix.ECONNRESET; {
 		o.n, o.oobn, o.flags, o.err = msg(unix.SYS_RECVMSG, s.fd, nil, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-		// A SEQPACKET peer that closed with our data unread makes recvmsg
-		// fail once with ECONNRESET, before the datagrams it had sent us.
-		if o.err != unix.ECONNRESET {
-			break
-		}
 	}
 	if o.err == nil && o.n == 0 && o.oobn == 0 && peerGone(s.fd) {
 		o.err = io.EOF
@@ -278,7 +256,7 @@ func (o *op) control(uintptr) {
 func (s *socket) pollWait(o *op) {
 	s.dmu.Lock()
 	s.pdir = o.dir
-	s.ep.SetReadDeadline(s.deadline(o.dir))
+	s.ep.SetReadDeadline(s.dlt[o.dir])
 	s.dmu.Unlock()
 	o.armed = false
 	s.rc.Read(o.arm)
@@ -294,24 +272,12 @@ func (s *socket) pollWait(o *op) {
 // again once ep is ready, it ends the wait. Readiness that came since o's
 // syscall makes ep ready at once.
 func (o *op) pollArm(ep uintptr) bool {
-	if o.armed {
-		return true
+	if !o.armed {
+		ev := unix.EpollEvent{Events: [2]uint32{unix.EPOLLIN | unix.EPOLLRDHUP, unix.EPOLLOUT}[o.dir], Fd: int32(o.s.fd)}
+		o.armed = unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, o.s.fd, &ev) == nil
+		return !o.armed
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(o.s.fd)}
-	if o.dir == writing {
-		ev.Events = unix.EPOLLOUT
-	}
-	err := unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, o.s.fd, &ev)
-	o.armed = err == nil
-	return err != nil
-}
-
-// deadline returns dir's deadline as a time, zero for none.
-func (s *socket) deadline(dir int) time.Time {
-	if dl := s.dl[dir].Load(); dl != 0 {
-		return epoch.Add(time.Duration(dl))
-	}
-	return time.Time{}
+	return true
 }
 
 // setDeadline sets dir's deadline, and makes a call waiting on it look again.
@@ -325,6 +291,7 @@ func (s *socket) setDeadline(dir int, t time.Time) error {
 	}
 	s.dmu.Lock()
 	s.dl[dir].Store(dl)
+	s.dlt[dir] = t
 	if s.pdir == dir {
 		s.ep.SetReadDeadline(t)
 	}
@@ -337,9 +304,7 @@ func (s *socket) setDeadline(dir int, t time.Time) error {
 
 // wake ends the wait of the call waiting in the kernel, if any.
 func (s *socket) wake() {
-	s.rc.Control(func(uintptr) {
-		unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	})
+	s.rc.Control(func(uintptr) { unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) })
 }
 
 // close closes the socket; calls waiting on it return net.ErrClosed.
@@ -349,9 +314,8 @@ func (s *socket) close() error {
 	}
 	s.wake()
 	s.ep.Close() // wakes the poller's waiter, and waits for every callback
-	err := unix.Close(s.fd)
 	unix.Close(s.efd)
-	return err
+	return unix.Close(s.fd)
 }
 
 // dup returns a close-on-exec duplicate of the socket.
@@ -369,17 +333,12 @@ func (s *socket) dup() (fd int, err error) {
 func msg(trap uintptr, fd int, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
 	var iov [2]unix.Iovec
 	var h unix.Msghdr
-	k := 0
 	for _, b := range [2][]byte{head, p} {
 		if len(b) > 0 {
-			iov[k].Base = &b[0]
-			iov[k].SetLen(len(b))
-			k++
+			iov[h.Iovlen].Base = &b[0]
+			iov[h.Iovlen].SetLen(len(b))
+			h.Iov, h.Iovlen = &iov[0], h.Iovlen+1
 		}
-	}
-	if k > 0 {
-		h.Iov = &iov[0]
-		h.SetIovlen(k)
 	}
 	if len(oob) > 0 {
 		h.Control = &oob[0]
@@ -404,26 +363,18 @@ func peerGone(fd int) bool {
 	return err == nil && queued == 0
 }
 
-// parseRights appends the fds of every SCM_RIGHTS message in oob to fds, and
-// closes those of any other control message that carries some (SCM_PIDFD):
-// they are not the message's, and only we can close them.
+// parseRights appends the fds of the SCM_RIGHTS messages in oob to fds, and
+// closes those of SCM_PIDFD (from SO_PASSPIDFD): they are not the message's,
+// and only we can close them.
 func parseRights(oob []byte, fds []int) []int {
-	for len(oob) >= unix.SizeofCmsghdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(oob) {
-			break
+	msgs, _ := unix.ParseSocketControlMessage(oob)
+	for i := range msgs {
+		if m := &msgs[i]; m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS {
+			rights, _ := unix.ParseUnixRights(m)
+			fds = append(fds, rights...)
+		} else if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_PIDFD && len(m.Data) >= 4 {
+			unix.Close(int(int32(binary.NativeEndian.Uint32(m.Data))))
 		}
-		if h.Level == unix.SOL_SOCKET && (h.Type == unix.SCM_RIGHTS || h.Type == unix.SCM_PIDFD) {
-			for data := oob[unix.CmsgLen(0):h.Len]; len(data) >= 4; data = data[4:] {
-				fd := int(int32(binary.NativeEndian.Uint32(data)))
-				if h.Type == unix.SCM_RIGHTS {
-					fds = append(fds, fd)
-				} else {
-					unix.Close(fd)
-				}
-			}
-		}
-		oob = oob[min(unix.CmsgSpace(int(h.Len)-unix.CmsgLen(0)), len(oob)):]
 	}
 	return fds
 }

@@ -149,7 +149,7 @@ func Start(cmd *exec.Cmd) (*Conn, error) {
 	}
 	fds, err := socketpair()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("channel: %w", err)
 	}
 	// The child's end is closed here whatever happens, so that the parent
 	// sees EOF when the child goes.
