@@ -44,7 +44,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -86,22 +85,18 @@ const (
 )
 
 // Pair returns the two ends of a new channel. Each end is close-on-exec.
-func Pair() (*Conn, *Conn, error) {
+func Pair() (c0, c1 *Conn, err error) {
 	fds, err := socketpair()
 	if err != nil {
 		return nil, nil, fmt.Errorf("channel: %w", err)
 	}
-	c0, err := newConn(fds[0])
-	if err != nil {
+	if c0, err = newConn(fds[0]); err != nil {
 		unix.Close(fds[1])
-		return nil, nil, err
-	}
-	c1, err := newConn(fds[1])
-	if err != nil {
+	} else if c1, err = newConn(fds[1]); err != nil {
 		c0.Close()
-		return nil, nil, err
+		c0 = nil
 	}
-	return c0, c1, nil
+	return c0, c1, err
 }
 
 func socketpair() ([2]int, error) {
@@ -121,13 +116,12 @@ func socketpair() ([2]int, error) {
 // Datagrams of up to the socket's SO_SNDBUF bytes, as read now, are accepted:
 // on one machine this is at least what a peer with default settings sends.
 func FileConn(f *os.File) (*Conn, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
-	}
 	fd := -1
-	if cerr := rc.Control(func(s uintptr) { fd, err = checkSocket(int(s)) }); cerr != nil {
-		err = cerr
+	rc, err := f.SyscallConn()
+	if err == nil {
+		if cerr := rc.Control(func(s uintptr) { fd, err = checkSocket(int(s)) }); cerr != nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
@@ -157,18 +151,12 @@ func checkSocket(s int) (int, error) {
 
 // newConn returns a Conn on the socket fd, which it owns from then on.
 func newConn(fd int) (*Conn, error) {
-	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	var s *socket
-	if err == nil {
-		s, err = newSocket(fd)
-	} else {
-		unix.Close(fd)
-	}
+	s, err := newSocket(fd)
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
 	// A datagram must fit the send buffer less 32 bytes (EMSGSIZE otherwise).
-	c := &Conn{s: s, rlen: sndbuf, dgram: max(sndbuf-32, minDgram)}
+	c := &Conn{s: s, rlen: s.sndbuf, dgram: max(s.sndbuf-32, minDgram)}
 	c.cleanup = runtime.AddCleanup(c, func(s *socket) { s.close() }, s)
 	c.enc = json.NewEncoder(&c.sbuf)
 	c.enc.SetEscapeHTML(false)
@@ -244,12 +232,9 @@ func (c *Conn) send(v any, files []*os.File) error {
 		return fmt.Errorf("channel: value of %d bytes of JSON is over the limit of %d", len(body), maxLen)
 	}
 	putHeader(c.hdr[:], len(body))
-	var oob []byte
-	if len(files) > 0 {
-		var err error
-		if oob, err = rights(files); err != nil {
-			return err
-		}
+	oob, err := rights(files)
+	if err != nil {
+		return err
 	}
 	// The message is the header then body, cut into datagrams of c.dgram
 	// bytes; its files go with the first.
@@ -281,14 +266,14 @@ func (c *Conn) send(v any, files []*os.File) error {
 // through SyscallConn, never Fd(), which would put a file into blocking mode
 // for every holder. The caller keeps files alive until sendmsg returns.
 func rights(files []*os.File) ([]byte, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
 	fds := make([]int, len(files))
 	for i, f := range files {
-		err := errors.New("nil")
-		if f != nil {
-			var rc syscall.RawConn
-			if rc, err = f.SyscallConn(); err == nil {
-				err = rc.Control(func(fd uintptr) { fds[i] = int(fd) })
-			}
+		rc, err := f.SyscallConn() // os.ErrInvalid if f is nil
+		if err == nil {
+			err = rc.Control(func(fd uintptr) { fds[i] = int(fd) })
 		}
 		if err != nil {
 			return nil, fmt.Errorf("channel: file %d: %w", i, err)
@@ -403,13 +388,11 @@ func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error
 			return nil, false, err
 		case err != nil:
 			return nil, false, err
-		case flags&unix.MSG_TRUNC != 0:
-			return nil, false, c.broken(fmt.Errorf("%w: datagram longer than the %d bytes due", errFrame, len(p)))
-		case !first && len(c.fds) > k:
-			return nil, false, c.broken(fmt.Errorf("%w: file descriptors on a continuation datagram", errFrame))
-		case !first && n == 0:
-			return nil, false, c.broken(fmt.Errorf("%w: empty datagram", errFrame))
-		case flags&unix.MSG_CTRUNC != 0 && c.ferr == nil:
+		}
+		if err := checkDatagram(first, n, len(p), len(c.fds)-k, flags&unix.MSG_TRUNC != 0); err != nil {
+			return nil, false, c.broken(err)
+		}
+		if flags&unix.MSG_CTRUNC != 0 && c.ferr == nil {
 			// Control buffer too small or RLIMIT_NOFILE reached: the
 			// kernel installed what fit and dropped the rest.
 			c.ferr = errors.New("channel: control data truncated, files dropped (descriptor limit reached?)")

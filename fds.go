@@ -41,6 +41,7 @@ package channel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -67,47 +68,39 @@ const (
 )
 
 // The two directions of a socket.
-const (
-	reading = iota
-	writing
-)
-
-// epoch is the origin of the monotonic times of deadlines.
-var epoch = time.Now()
+const reading, writing = 0, 1
 
 type socket struct {
 	fd, efd int
+	sndbuf  int // SO_SNDBUF when the socket was adopted
 	ep      *os.File
 	rc      syscall.RawConn // ep's: see the file comment
 	closed  atomic.Bool
-	dl      [2]atomic.Int64 // deadline of each direction, since epoch; 0: none
-	kwait   atomic.Bool     // a call waits in the kernel, or is about to
-	kmu     sync.Mutex      // held by the call that waits in the kernel
-	pmu     sync.Mutex      // held by the call that waits in the poller
+	kwait   atomic.Bool // a call waits in the kernel, or is about to
+	kmu     sync.Mutex  // held by the call that waits in the kernel
+	pmu     sync.Mutex  // held by the call that waits in the poller
 	op      [2]*op
 	kmax    time.Duration // kernelWait; tests lengthen it to find a call there
 
-	// dmu orders deadline changes with the start of a wait in the poller.
+	// dmu guards the deadlines, and orders their changes with the start of
+	// a wait in the poller.
 	dmu  sync.Mutex
-	dlt  [2]time.Time // dl as times
+	dl   [2]time.Time // deadline of each direction; zero: none
 	pdir int          // the direction waiting in the poller, or -1
 }
 
 // newSocket returns a socket on fd, which it owns from then on, even on error.
 func newSocket(fd int) (*socket, error) {
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	efd, err2 := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	ep, err3 := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	err = errors.Join(os.NewSyscallError("getsockopt", err), os.NewSyscallError("eventfd", err2), os.NewSyscallError("epoll_create1", err3))
 	if err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		unix.Close(fd)
-		unix.Close(efd)
-		return nil, os.NewSyscallError("epoll_create1", err)
+		closeFds([]int{fd, efd, ep}) // and -1s, which fail harmlessly
+		return nil, err
 	}
 	unix.SetNonblock(ep, true) // our own description: for the runtime poller
-	s := &socket{fd: fd, efd: efd, ep: os.NewFile(uintptr(ep), "channel-epoll"), pdir: -1, kmax: kernelWait}
+	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, ep: os.NewFile(uintptr(ep), "channel-epoll"), pdir: -1, kmax: kernelWait}
 	s.rc, _ = s.ep.SyscallConn()
 	for dir := range s.op {
 		o := &op{s: s, dir: dir}
@@ -206,10 +199,13 @@ func (o *op) do(inKernel bool) error {
 // left returns the time left until dir's deadline, at most s.kmax, or 0
 // once it has passed.
 func (s *socket) left(dir int) time.Duration {
-	if dl := s.dl[dir].Load(); dl != 0 {
-		return max(min(time.Duration(dl)-time.Since(epoch), s.kmax), 0)
+	s.dmu.Lock()
+	dl := s.dl[dir]
+	s.dmu.Unlock()
+	if dl.IsZero() {
+		return s.kmax
 	}
-	return s.kmax
+	return max(min(time.Until(dl), s.kmax), 0)
 }
 
 // control runs in a RawConn callback: a wait in the kernel if o.sleep is
@@ -256,7 +252,7 @@ func (o *op) control(uintptr) {
 func (s *socket) pollWait(o *op) {
 	s.dmu.Lock()
 	s.pdir = o.dir
-	s.ep.SetReadDeadline(s.dlt[o.dir])
+	s.ep.SetReadDeadline(s.dl[o.dir])
 	s.dmu.Unlock()
 	o.armed = false
 	s.rc.Read(o.arm)
@@ -285,13 +281,8 @@ func (s *socket) setDeadline(dir int, t time.Time) error {
 	if s.closed.Load() {
 		return net.ErrClosed
 	}
-	dl := int64(0)
-	if !t.IsZero() {
-		dl = max(int64(t.Sub(epoch)), 1) // at least 1: already past
-	}
 	s.dmu.Lock()
-	s.dl[dir].Store(dl)
-	s.dlt[dir] = t
+	s.dl[dir] = t
 	if s.pdir == dir {
 		s.ep.SetReadDeadline(t)
 	}

@@ -20,7 +20,8 @@
 // datagram are a protocol error.
 //
 // A datagram shorter than the header, a length over the maximum, a datagram
-// holding more JSON bytes than the length leaves to come, and a datagram
+// holding more JSON bytes than the length leaves to come, an empty
+// continuation datagram, fds on a continuation datagram, and a datagram
 // truncated by the receiver are protocol errors: the receiving side stops.
 
 package channel
@@ -61,4 +62,20 @@ func parseHeader(d []byte) (int, error) {
 		return 0, fmt.Errorf("%w: datagram carries %d bytes of a %d-byte value", errFrame, got, n)
 	}
 	return int(n), nil
+}
+
+// checkDatagram checks the rest of what came with one datagram of a message:
+// n bytes into room bytes of buffer, with fds files; truncated if the kernel
+// cut it to fit. first says whether it starts the message (parseHeader
+// checks the first's bytes).
+func checkDatagram(first bool, n, room, fds int, truncated bool) error {
+	switch {
+	case truncated:
+		return fmt.Errorf("%w: datagram longer than the %d bytes due", errFrame, room)
+	case !first && fds > 0:
+		return fmt.Errorf("%w: file descriptors on a continuation datagram", errFrame)
+	case !first && n == 0:
+		return fmt.Errorf("%w: empty datagram", errFrame)
+	}
+	return nil
 }

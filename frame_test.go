@@ -4,6 +4,7 @@ package channel
 
 import (
 	"encoding/binary"
+	"errors"
 	"testing"
 )
 
@@ -60,6 +61,25 @@ func FuzzParseHeader(f *testing.F) {
 		putHeader(b, n)
 		if m, err := parseHeader(b); m != n || err != nil {
 			t.Fatalf("parseHeader(putHeader(%d)) = %d, %v", n, m, err)
+		}
+	})
+}
+
+// FuzzCheckDatagram checks that checkDatagram refuses exactly a truncated
+// datagram, and an empty one or one with files after the first.
+func FuzzCheckDatagram(f *testing.F) {
+	f.Add(true, 10, 100, 3, false)
+	f.Add(false, 0, 100, 0, false)
+	f.Add(false, 5, 100, 1, false)
+	f.Add(false, 5, 5, 0, true)
+	f.Fuzz(func(t *testing.T, first bool, n, room, fds int, truncated bool) {
+		if n < 0 || fds < 0 {
+			return
+		}
+		err := checkDatagram(first, n, room, fds, truncated)
+		bad := truncated || !first && (n == 0 || fds > 0)
+		if bad != (err != nil) || err != nil && !errors.Is(err, errFrame) {
+			t.Fatalf("checkDatagram(%v, %d, %d, %d, %v) = %v, want an error: %v", first, n, room, fds, truncated, err, bad)
 		}
 	})
 }

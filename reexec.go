@@ -17,11 +17,8 @@ import (
 // child's function runs, so the child's own children do not believe it.
 const envFd = "GO_CHANNEL_REEXEC_FD"
 
-// childrenMu guards children.
-var childrenMu sync.Mutex
-
 // children maps a name given to Register to its function.
-var children = map[string]func(*Conn) error{}
+var children sync.Map
 
 // Register makes main the function that a child started by [Command](name)
 // runs. Call it from an init function, so that the parent and the child,
@@ -31,12 +28,9 @@ func Register(name string, main func(c *Conn) error) {
 	if main == nil {
 		panic("channel: Register called with a nil function for " + strconv.Quote(name))
 	}
-	childrenMu.Lock()
-	defer childrenMu.Unlock()
-	if _, dup := children[name]; dup {
+	if _, dup := children.LoadOrStore(name, main); dup {
 		panic("channel: Register called twice for " + strconv.Quote(name))
 	}
-	children[name] = main
 }
 
 // Dispatch must be the first thing main (or TestMain) does. In a child
@@ -58,23 +52,22 @@ func Dispatch() {
 	}
 	os.Unsetenv(envFd)
 	name := os.Args[0]
-	childrenMu.Lock()
-	main := children[name]
-	childrenMu.Unlock()
-	if main == nil {
-		fmt.Fprintf(os.Stderr, "channel: no child function registered as %q\n", name)
-		os.Exit(2)
-	}
+	m, _ := children.Load(name)
+	main, _ := m.(func(*Conn) error)
 	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		fmt.Fprintf(os.Stderr, "channel: bad %s=%q\n", envFd, v)
-		os.Exit(2)
+	var c *Conn
+	switch {
+	case main == nil:
+		err = fmt.Errorf("no child function registered as %q", name)
+	case err != nil || fd < 3:
+		err = fmt.Errorf("bad %s=%q", envFd, v)
+	default:
+		// The inherited fd is not close-on-exec: FileConn duplicates it
+		// with the flag set, and the original is closed.
+		f := os.NewFile(uintptr(fd), "channel")
+		c, err = FileConn(f)
+		f.Close()
 	}
-	// The inherited fd is not close-on-exec, and may be in blocking mode:
-	// FileConn duplicates it with both set, and the original is closed.
-	f := os.NewFile(uintptr(fd), "channel")
-	c, err := FileConn(f)
-	f.Close()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "channel: child %q: %v\n", name, err)
 		os.Exit(2)
@@ -138,13 +131,7 @@ func Start(cmd *exec.Cmd) (*Conn, error) {
 		// another child would re-execute without end.
 		return nil, fmt.Errorf("channel: %s is set: this process was started by Start, and main must call Dispatch first", envFd)
 	}
-	if len(cmd.Args) == 0 {
-		return nil, fmt.Errorf("channel: command has no name: make it with Command")
-	}
-	childrenMu.Lock()
-	_, ok := children[cmd.Args[0]]
-	childrenMu.Unlock()
-	if !ok {
+	if _, ok := children.Load(cmd.Args[0]); !ok {
 		return nil, fmt.Errorf("channel: no child function registered as %q", cmd.Args[0])
 	}
 	fds, err := socketpair()

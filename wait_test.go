@@ -197,7 +197,7 @@ func sockState(t *testing.T, fd int) string {
 func TestFileConnLeavesSocket(t *testing.T) {
 	for _, nonblock := range []bool{false, true} {
 		t.Run(fmt.Sprintf("nonblock=%v", nonblock), func(t *testing.T) {
-			fds, err := socketpair()
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -213,7 +213,9 @@ func TestFileConnLeavesSocket(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer a.Close()
-			b, err := newConn(fds[1])
+			fb := os.NewFile(uintptr(fds[1]), "b")
+			b, err := FileConn(fb)
+			fb.Close()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -271,7 +273,7 @@ func TestFileConnFailsCleanly(t *testing.T) {
 // fileConnAtLimit is the child of TestFileConnFailsCleanly: at
 // RLIMIT_NOFILE with room for the duplicate only, FileConn fails.
 func fileConnAtLimit(c *Conn) error {
-	fds, err := socketpair()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
