@@ -282,30 +282,13 @@ func fileConnAtLimit(c *Conn) error {
 	before := fmt.Sprint(unix.FcntlInt(uintptr(fds[0]), unix.F_GETFL, 0))
 	before += fmt.Sprint(unix.GetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO))
 	f := os.NewFile(uintptr(fds[0]), "a")
-	// Fill every free descriptor number below the limit but one, so that
-	// FileConn's duplicate succeeds and what it makes next fails.
-	var fill []int
-	for {
-		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		fill = append(fill, fd)
-		if fd > 200 {
-			break
-		}
-	}
-	unix.Close(fill[len(fill)-1])
-	defer closeFds(fill[:len(fill)-1])
-	var lim unix.Rlimit
-	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 	n := fdCount(nil)
-	err = unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(fill[len(fill)-1] + 1), Max: lim.Max})
+	restore, err := atLimit(1) // room for FileConn's duplicate alone
 	if err != nil {
 		return err
 	}
 	_, ferr := FileConn(f)
-	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	restore()
 	after := fmt.Sprint(unix.FcntlInt(uintptr(fds[0]), unix.F_GETFL, 0))
 	after += fmt.Sprint(unix.GetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO))
 	switch {
@@ -317,6 +300,31 @@ func fileConnAtLimit(c *Conn) error {
 		return c.Send(fmt.Sprintf("FileConn failed (%v) and left %d descriptors, was %d", ferr, fdCount(nil), n))
 	}
 	return c.Send("ok")
+}
+
+// atLimit puts the process at RLIMIT_NOFILE with room for n more
+// descriptors: it fills every free number below the new limit but n.
+// restore closes what it opened and restores the limit.
+func atLimit(n int) (restore func(), err error) {
+	var fill []int
+	for len(fill) == 0 || fill[len(fill)-1] < 200 {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			closeFds(fill)
+			return nil, err
+		}
+		fill = append(fill, fd)
+	}
+	limit := fill[len(fill)-1] + 1
+	closeFds(fill[len(fill)-n:])
+	fill = fill[:len(fill)-n]
+	var lim unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(limit), Max: lim.Max}); err != nil {
+		closeFds(fill)
+		return nil, err
+	}
+	return func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); closeFds(fill) }, nil
 }
 
 // TestClosePrompt: Close ends a Recv waiting in the kernel within a few
@@ -568,19 +576,30 @@ func sendAtLimit(c *Conn) error {
 	}
 	defer a.Close()
 	defer b.Close()
-	// Fill b's queue.
-	a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	for a.Send(1) == nil {
+	// Fill b's queue through a duplicate, so that no Send of a's has
+	// waited yet.
+	f, err := a.File()
+	if err != nil {
+		return err
 	}
+	rc, _ := f.SyscallConn()
+	rc.Control(func(fd uintptr) {
+		for unix.Sendmsg(int(fd), frame(1, "1"), nil, nil, unix.MSG_DONTWAIT) == nil {
+		}
+	})
+	f.Close()
 	a.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	var lim unix.Rlimit
-	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(fdCount(nil)), Max: lim.Max}); err != nil {
+	restore, err := atLimit(0)
+	if err != nil {
 		return err
 	}
 	sent := make(chan error, 1)
 	go func() { sent <- a.Send("at the limit") }()
 	for deadline := time.Now().Add(10 * time.Second); !stackHas("(*Conn).Send", "[IO wait", "[syscall"); {
+		if len(sent) > 0 {
+			restore()
+			return c.Send(fmt.Sprintf("Send at RLIMIT_NOFILE returned at once: %v", <-sent))
+		}
 		if time.Now().After(deadline) {
 			return c.Send("the Send never waited")
 		}
@@ -590,7 +609,7 @@ func sendAtLimit(c *Conn) error {
 	for len(sent) == 0 && b.Recv(new(any)) == nil {
 	}
 	err = <-sent
-	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	restore()
 	if err != nil {
 		return c.Send(fmt.Sprintf("Send at RLIMIT_NOFILE: %v", err))
 	}
