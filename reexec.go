@@ -86,8 +86,9 @@ func Dispatch() {
 // child registered under name, with args as its os.Args[1:]. Its
 // os.Args[0] is name, as with moby's reexec. The caller may set any field
 // of the command, Env and ExtraFiles included, before passing it to
-// [Start]. Its Stderr is [os.Stderr], so that the child's error or panic is
-// seen; set it to something else (or nil, to discard) before Start.
+// [Start]. Its Stdout and Stderr are [os.Stdout] and [os.Stderr], so that
+// what the child prints, and its error or panic, are seen; set them to
+// something else (or nil, to discard) before Start.
 //
 // Start takes any command whose Args[0] is a registered name; to tie the
 // child to a context, use [CommandContext].
@@ -105,7 +106,7 @@ func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd 
 
 func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 	cmd.Args[0] = name
-	cmd.Stderr = os.Stderr
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return cmd
 }
 
