@@ -48,8 +48,18 @@ func pair(t testing.TB) (*Conn, *Conn) {
 		t.Fatalf("Pair() error = %v", err)
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
+	a.SetDeadline(bounded())
+	b.SetDeadline(bounded())
 	return a, b
 }
+
+// testWait bounds every wait of a test, so that a broken library fails the
+// suite in seconds instead of hanging it: pair, rawPair and start give their
+// Conns deadlines this far, and tests that move a deadline put it back.
+const testWait = 20 * time.Second
+
+// bounded returns a deadline testWait from now.
+func bounded() time.Time { return time.Now().Add(testWait) }
 
 // rawPair returns a Conn and the raw, blocking fd of its peer, for tests
 // whose other end does not use the package.
@@ -65,6 +75,7 @@ func rawPair(t testing.TB) (*Conn, int) {
 	if err != nil {
 		t.Fatalf("FileConn() error = %v", err)
 	}
+	c.SetDeadline(bounded())
 	peer := fds[1]
 	var st unix.Stat_t
 	unix.Fstat(peer, &st)
@@ -106,13 +117,21 @@ func jsonString(n int) json.RawMessage {
 	return b
 }
 
-// fdCount counts this process's open descriptors.
+// fdCount counts this process's open descriptors, but for pidfds: since Go
+// 1.23 each *os.Process holds one until Wait, or until the collector
+// finalises it, which a test does not own.
 func fdCount(testing.TB) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		panic(err)
 	}
-	return len(ents)
+	n := 0
+	for _, e := range ents {
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); target != "anon_inode:[pidfd]" {
+			n++
+		}
+	}
+	return n
 }
 
 // fdNames lists what this process's descriptors are, for a failure message.
@@ -801,7 +820,7 @@ func fill(t testing.TB, c *Conn) int {
 		}
 		n++
 	}
-	c.SetWriteDeadline(time.Time{})
+	c.SetWriteDeadline(bounded())
 	return n
 }
 

@@ -217,9 +217,14 @@ func (o *op) control(uintptr) {
 		pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
 		s.kwait.Store(true)
 		// Looked at after kwait is set: a later Close or deadline wakes us.
-		if d := s.left(o.dir); d > 0 && !s.closed.Load() {
-			ts := unix.NsecToTimespec(int64(d)) // new each time: ppoll writes the time left back
-			syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+		// ppoll writes the time left back into ts: after a signal
+		// (EINTR), the next call waits for the rest.
+		ts := unix.NsecToTimespec(int64(s.left(o.dir)))
+		for ts != (unix.Timespec{}) && !s.closed.Load() {
+			_, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+			if e != unix.EINTR {
+				break
+			}
 		}
 		s.kwait.Store(false)
 		if pfd[1].Revents != 0 {

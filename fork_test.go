@@ -192,11 +192,12 @@ func childCtrunc(c *Conn) error {
 }
 
 // start starts the named child with args, and waits for it when the test
-// ends. It fails the test rather than hang: the child has a minute.
+// ends. It fails the test rather than hang: the child has two minutes, and
+// each call on the Conn testWait, unless the test moves its deadline.
 func start(t *testing.T, name string, args ...string) (*Conn, *exec.Cmd, *strings.Builder) {
 	t.Helper()
 	// A command tied to a context, built as Command's doc says.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	cmd := exec.CommandContext(ctx, "/proc/self/exe", args...)
 	cmd.Args[0] = name
 	stderr := new(strings.Builder)
@@ -206,7 +207,7 @@ func start(t *testing.T, name string, args ...string) (*Conn, *exec.Cmd, *string
 		cancel()
 		t.Fatalf("Start(%s) error = %v", name, err)
 	}
-	c.SetDeadline(time.Now().Add(time.Minute))
+	c.SetDeadline(bounded())
 	t.Cleanup(func() {
 		c.Close()
 		cmd.Wait()

@@ -111,7 +111,7 @@ func TestLengthMoreThanSent(t *testing.T) {
 	if err := c.Recv(&s); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Recv() again: error = %v, want os.ErrDeadlineExceeded", err)
 	}
-	c.SetReadDeadline(time.Time{})
+	c.SetReadDeadline(bounded())
 	// The rest arrives: the message is resumed, with its file.
 	rawSend(t, peer, []byte(`de"`))
 	fs, err := c.RecvWithFds(&s)
@@ -311,6 +311,7 @@ func TestSignalStorm(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		b := make([]byte, 100000+rnd.Intn(1<<20))
 		rnd.Read(b)
+		c.SetDeadline(bounded())
 		if err := c.Send(b); err != nil {
 			t.Fatalf("Send() #%d error = %v; child stderr %q", i, err, stderr)
 		}
@@ -393,6 +394,7 @@ func TestLoad(t *testing.T) {
 				if i%10 == 0 {
 					err = sendWithMemfd(a, m, fmt.Sprint(s, ":", i))
 				} else {
+					a.SetWriteDeadline(bounded())
 					err = a.Send(m)
 				}
 				if err != nil {
@@ -416,6 +418,7 @@ func TestLoad(t *testing.T) {
 			defer rwg.Done()
 			for {
 				var m msg
+				b.SetReadDeadline(bounded())
 				fs, err := b.RecvWithFds(&m)
 				if err == io.EOF {
 					return
@@ -625,7 +628,7 @@ func TestRawMessageInPlace(t *testing.T) {
 	if err := c.Recv(&buf); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Recv of half a message: %v, want a timeout", err)
 	}
-	c.SetReadDeadline(time.Time{})
+	c.SetReadDeadline(bounded())
 	before := bytes.Clone(buf[:cap(buf)])
 	sendParts(third)
 	var other json.RawMessage
