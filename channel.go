@@ -456,6 +456,17 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	return wrap("set write deadline", c.s.setDeadline(writing, t))
 }
 
+// CloseWrite shuts down the sending side of c, as [net.UnixConn.CloseWrite]
+// does: the peer's Recv returns [io.EOF] after every message sent before,
+// while c still receives. A Send after it returns an error matching
+// [net.ErrClosed]. It says "no more requests" without
+// closing: send from one goroutine, then CloseWrite, and read the answers
+// in another. The socket is shared with its [Conn.File] duplicates, which
+// can no longer send either.
+func (c *Conn) CloseWrite() error {
+	return wrap("close write", c.s.shutdownWrite())
+}
+
 // Close closes the socket. Calls blocked in c return at once, and every
 // later call returns, an error matching [net.ErrClosed]; so does a second
 // Close. The peer receives [io.EOF] once it has read what was sent before,

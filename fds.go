@@ -76,6 +76,7 @@ type socket struct {
 	ep      *os.File
 	rc      syscall.RawConn // ep's: see the file comment
 	closed  atomic.Bool
+	wshut   atomic.Bool // the sending side is shut down
 	kwait   atomic.Bool // a call waits in the kernel, or is about to
 	kmu     sync.Mutex  // held by the call that waits in the kernel
 	pmu     sync.Mutex  // held by the call that waits in the poller
@@ -169,7 +170,7 @@ type op struct {
 func (o *op) do(inKernel bool) error {
 	s := o.s
 	for {
-		if s.closed.Load() {
+		if s.closed.Load() || o.dir == writing && s.wshut.Load() {
 			return net.ErrClosed
 		}
 		if s.left(o.dir) <= 0 {
@@ -312,6 +313,15 @@ func (s *socket) close() error {
 	s.ep.Close() // wakes the poller's waiter, and waits for every callback
 	unix.Close(s.efd)
 	return unix.Close(s.fd)
+}
+
+// shutdownWrite shuts down the socket's sending side.
+func (s *socket) shutdownWrite() (err error) {
+	s.wshut.Store(true)
+	if s.rc.Control(func(uintptr) { err = unix.Shutdown(s.fd, unix.SHUT_WR) }) != nil {
+		return net.ErrClosed
+	}
+	return os.NewSyscallError("shutdown", err)
 }
 
 // dup returns a close-on-exec duplicate of the socket.

@@ -11,11 +11,16 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"syscall"
 )
 
-// envFd names the child's inherited socket. Dispatch removes it before the
-// child's function runs, so the child's own children do not believe it.
+// envFd names the child's inherited socket: empty as Command sets it, the
+// fd once Start has. Dispatch removes it before the child's function runs,
+// so the child's own children do not believe it.
 const envFd = "GO_CHANNEL_REEXEC_FD"
+
+// exitNoStart is the exit status of a child that could not run its function.
+const exitNoStart = 3
 
 // children maps a name given to Register to its function.
 var children sync.Map
@@ -23,10 +28,10 @@ var children sync.Map
 // Register makes main the function that a child started by [Command](name)
 // runs. Call it from an init function, so that the parent and the child,
 // which run the same binary, both know the name. It panics if name is
-// already registered, or if main is nil.
+// empty or already registered, or if main is nil.
 func Register(name string, main func(c *Conn) error) {
-	if main == nil {
-		panic("channel: Register called with a nil function for " + strconv.Quote(name))
+	if main == nil || name == "" {
+		panic("channel: Register called with an empty name or a nil function for " + strconv.Quote(name))
 	}
 	if _, dup := children.LoadOrStore(name, main); dup {
 		panic("channel: Register called twice for " + strconv.Quote(name))
@@ -42,9 +47,10 @@ func Register(name string, main func(c *Conn) error) {
 //   - 0: the function returned nil;
 //   - 1: it returned an error, written to stderr;
 //   - 2: it panicked, and the panic is on stderr, as with any Go program;
-//   - 2: it could not start (no function registered under its name, a bad
-//     GO_CHANNEL_REEXEC_FD, a socket FileConn refuses), the reason on
-//     stderr.
+//   - 3: it could not run its function, the reason on stderr: the command
+//     was started by its own Start, Run or Output method instead of by
+//     [Start], no function is registered under its name (register it in
+//     an init function, not in main), or its socket is unusable.
 func Dispatch() {
 	v, ok := os.LookupEnv(envFd)
 	if !ok {
@@ -57,8 +63,10 @@ func Dispatch() {
 	fd, err := strconv.Atoi(v)
 	var c *Conn
 	switch {
+	case v == "":
+		err = fmt.Errorf("started by cmd.Start, Run or Output: a command from channel.Command must be started with channel.Start")
 	case main == nil:
-		err = fmt.Errorf("no child function registered as %q", name)
+		err = fmt.Errorf("no child function registered as %q (Register it in an init function)", name)
 	case err != nil || fd < 3:
 		err = fmt.Errorf("bad %s=%q", envFd, v)
 	default:
@@ -70,7 +78,7 @@ func Dispatch() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "channel: child %q: %v\n", name, err)
-		os.Exit(2)
+		os.Exit(exitNoStart)
 	}
 	err = main(c)
 	c.Close()
@@ -85,10 +93,21 @@ func Dispatch() {
 // (/proc/self/exe, the running image even if its file was replaced) as the
 // child registered under name, with args as its os.Args[1:]. Its
 // os.Args[0] is name, as with moby's reexec. The caller may set any field
-// of the command, Env and ExtraFiles included, before passing it to
-// [Start]. Its Stdout and Stderr are [os.Stdout] and [os.Stderr], so that
-// what the child prints, and its error or panic, are seen; set them to
+// of the command, ExtraFiles included, before passing it to [Start]; Env
+// holds this process's environment and a mark that makes the child exit at
+// once (status 3, see [Dispatch]) if the command is started by its own
+// Start, Run or Output method instead of [Start]: append to Env rather than
+// replace it. Its Stdout and Stderr are [os.Stdout] and [os.Stderr], so
+// that what the child prints, and its error or panic, are seen; set them to
 // something else (or nil, to discard) before Start.
+//
+// The child dies with its parent: SysProcAttr.Pdeathsig is SIGKILL. Linux
+// sends it when the thread that started the child exits, not the process;
+// Go ends a thread only when a goroutine locked to it with
+// runtime.LockOSThread returns without unlocking, so a program that does so
+// should start children from a goroutine that stays, or clear Pdeathsig.
+// EOF on the channel, which the child sees when the parent's end closes,
+// is the other signal of the parent's death.
 //
 // Start takes any command whose Args[0] is a registered name; to tie the
 // child to a context, use [CommandContext].
@@ -107,6 +126,8 @@ func CommandContext(ctx context.Context, name string, args ...string) *exec.Cmd 
 func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 	cmd.Args[0] = name
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), envFd+"=")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
@@ -123,14 +144,15 @@ func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 // waits until the child ends on its own. EOF alone does not prove the
 // child is dead, since it may have passed its socket on; Wait does.
 //
-// Start refuses to run in a process that was itself started by Start and
-// whose main did not call [Dispatch] (GO_CHANNEL_REEXEC_FD is still set), so
-// that a forgotten Dispatch cannot re-execute the program without end.
+// Start refuses to run in a process that was itself started by Start (or by
+// a Command's own Start) and whose main did not call [Dispatch]
+// (GO_CHANNEL_REEXEC_FD is still set), so that a forgotten Dispatch cannot
+// re-execute the program without end.
 func Start(cmd *exec.Cmd) (*Conn, error) {
 	if _, ok := os.LookupEnv(envFd); ok {
 		// Started by Start, and main never called Dispatch: starting
 		// another child would re-execute without end.
-		return nil, fmt.Errorf("channel: %s is set: this process was started by Start, and main must call Dispatch first", envFd)
+		return nil, fmt.Errorf("channel: %s is set: this process was started as a child, and main (or TestMain) must call channel.Dispatch first", envFd)
 	}
 	if _, ok := children.Load(cmd.Args[0]); !ok {
 		return nil, fmt.Errorf("channel: no child function registered as %q", cmd.Args[0])
