@@ -75,9 +75,9 @@ func TestChildDiesWithParent(t *testing.T) {
 	if err := c.Recv(&pid); err != nil {
 		t.Fatalf("Recv() = %v; %s", err, stderr)
 	}
-	defer syscall.Kill(pid, syscall.SIGKILL) // if the test fails
+	defer syscall.Kill(pid, syscall.SIGKILL) // if the test fails, before start's cmd.Wait
 	cmd.Process.Kill()
-	cmd.Wait()
+	cmd.Process.Wait() // not cmd.Wait: a live child would hold its stderr pipe
 	for deadline := time.Now().Add(time.Second); alive(pid); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("child %d still running 1s after its parent was killed", pid)
