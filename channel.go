@@ -1,7 +1,53 @@
 //go:build linux
 
-// Package channel sends JSON values and open files between processes over
-// one end of an anonymous AF_UNIX SOCK_SEQPACKET socketpair.
+// Package channel sends JSON values and open files between Linux processes,
+// over one end of an anonymous AF_UNIX SOCK_SEQPACKET socketpair.
+//
+// A program starts itself again as a child, and talks to it:
+//
+//	func init() {
+//		channel.Register("upper", func(c *channel.Conn) error {
+//			var s string
+//			if err := c.Recv(&s); err != nil {
+//				return err
+//			}
+//			return c.Send(strings.ToUpper(s))
+//		})
+//	}
+//
+//	func main() {
+//		channel.Dispatch() // in the child: runs "upper" and exits
+//		cmd := channel.Command("upper")
+//		c, err := channel.Start(cmd)
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		var reply string
+//		if err := c.Send("hello"); err == nil {
+//			err = c.Recv(&reply) // "HELLO"
+//		}
+//		c.Close() // then wait: the child has returned at io.EOF
+//		cmd.Wait()
+//	}
+//
+// [Pair] makes both ends in one process, and [FileConn] adopts any connected
+// SOCK_SEQPACKET socket, for example one accepted at a socket path.
+//
+// # What to rely on
+//
+// A [Conn] holds three descriptors, all made with it, and leaves the socket
+// as it found it: its mode, blocking or not, and its options. It sends no
+// signal and starts no goroutine. [Conn.Close] and deadlines end a blocked
+// call within about a millisecond; a [Conn.Recv] that has waited more than
+// a few milliseconds holds no thread.
+//
+// # Who owns which descriptor
+//
+// A [Conn] owns its socket; [Conn.Close] closes it. Files passed to
+// [Conn.SendWithFds] stay the caller's: the kernel duplicates them into the
+// message and the caller closes its own copies when it likes. Files returned
+// by [Conn.RecvWithFds] are the caller's to close. [FileConn] and
+// [Conn.File] duplicate, so each side closes its own.
 //
 // # Wire format
 //
@@ -11,14 +57,6 @@
 // and Rust processes can talk. A value too large for one datagram continues
 // in datagrams of JSON bytes only. The JSON of one value is at most 64 MiB.
 // frame.go and the README give the exact rules.
-//
-// # Who owns which descriptor
-//
-// A [Conn] owns its socket; [Conn.Close] closes it. Files passed to
-// [Conn.SendWithFds] stay the caller's: the kernel duplicates them into the
-// message and the caller closes its own copies when it likes. Files returned
-// by [Conn.RecvWithFds] are the caller's to close. [FileConn] and
-// [Conn.File] duplicate, so each side closes its own.
 //
 // # Linux only, and re-exec instead of fork
 //

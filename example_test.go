@@ -83,7 +83,6 @@ func ExampleStart() {
 	if err != nil {
 		panic(err)
 	}
-	defer c.Close()
 
 	if err := c.Send("hello from the parent"); err != nil {
 		panic(err)
@@ -93,6 +92,7 @@ func ExampleStart() {
 		panic(err)
 	}
 	fmt.Println(reply)
+	c.Close() // first: a child serving requests returns at io.EOF
 	fmt.Println(cmd.Wait())
 	// Output:
 	// HELLO FROM THE PARENT
