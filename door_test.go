@@ -72,11 +72,12 @@ func buildDoor(t *testing.T) string {
 	return bin
 }
 
-// startDoor starts `door serve path` with cred (nil: ours) and waits until
-// it listens.
-func startDoor(t *testing.T, bin, path string, cred *syscall.Credential) *doorServer {
+// startDoor starts `door serve flags path` with cred (nil: ours) and waits
+// until it listens.
+func startDoor(t *testing.T, bin, path string, cred *syscall.Credential, flags ...string) *doorServer {
 	t.Helper()
-	s := &doorServer{cmd: exec.Command(bin, "serve", path), path: path, lines: make(chan string, 1000)}
+	args := append(append([]string{"serve"}, flags...), path)
+	s := &doorServer{cmd: exec.Command(bin, args...), path: path, lines: make(chan string, 100000)}
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
@@ -333,4 +334,105 @@ func TestDoorRefusesOtherUid(t *testing.T) {
 		t.Errorf("door call as root to nobody's door: %v, %q, want %q", err, out, want)
 	}
 	s.waitLog(t, want)
+}
+
+// rawCaller connects to the door at path and sends d with fds, then holds
+// the connection open until the test ends.
+func rawCaller(t *testing.T, path string, d []byte, fds ...int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	rawSend(t, fd, d, fds...)
+}
+
+// procStat returns a process's resident memory in bytes and the CPU time
+// it has used.
+func procStat(t *testing.T, pid int) (rss int64, cpu time.Duration) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	pages, _ := strconv.ParseInt(f[21], 10, 64)
+	return pages * int64(os.Getpagesize()), time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100
+}
+
+// TestDoorMemoryByAnnouncement: 80 callers that each announce a 64 MiB call
+// and send 9 bytes of it leave the server's resident memory under 256 MiB.
+func TestDoorMemoryByAnnouncement(t *testing.T) {
+	bin := buildDoor(t)
+	path := filepath.Join(t.TempDir(), "door.sock")
+	s := startDoor(t, bin, path, nil, "-timeout", "20s")
+	idle := len(s.fds(t))
+	for range 80 {
+		rawCaller(t, path, frame(64<<20, `"`))
+	}
+	s.awaitFds(t, idle+80*3) // every caller adopted, its first datagram read or about to be
+	time.Sleep(100 * time.Millisecond) // the last Recvs take their first datagram
+	if rss, _ := procStat(t, s.cmd.Process.Pid); rss > 256<<20 {
+		t.Errorf("server's resident memory with 80 callers announcing 64 MiB: %d MiB, want under 256", rss>>20)
+	}
+}
+
+// TestDoorStalledFiles: at RLIMIT_NOFILE 1,024, 5 callers that each stall in
+// a call holding 253 files pin every descriptor; the server backs off
+// (under 30% of a CPU, the error logged once per back-off), cuts them at
+// their deadline, and answers a legitimate caller within a second of it.
+func TestDoorStalledFiles(t *testing.T) {
+	bin := buildDoor(t)
+	path := filepath.Join(t.TempDir(), "door.sock")
+	const timeout = 2 * time.Second
+	s := startDoor(t, bin, path, nil, "-timeout", timeout.String())
+	pid := s.cmd.Process.Pid
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 1024, Max: 1024}, nil); err != nil {
+		t.Fatal(err)
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	files := make([]int, 253)
+	for i := range files {
+		files[i] = int(null.Fd())
+	}
+	_, cpu0 := procStat(t, pid)
+	start := time.Now()
+	for range 5 {
+		rawCaller(t, path, frame(100, `{"n":`), files...)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(s.fds(t)) < 1020; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled callers' files did not fill the server's descriptors: %d", len(s.fds(t)))
+		}
+	}
+	cmd := doorCall(bin, path, 21, "")
+	var out []byte
+	called := result(func() (err error) { out, err = cmd.Output(); return err })
+	timer := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+	err = await(t, called, "door call")
+	timer.Stop()
+	took := time.Since(start)
+	if err != nil || strings.TrimSpace(string(out)) != "42" {
+		t.Fatalf("door call = %q, %v; server log:\n%s", out, err, s.logText())
+	}
+	if took > timeout+time.Second+500*time.Millisecond {
+		t.Errorf("the legitimate call took %v, want within 1s of the stalled calls' %v deadline", took, timeout)
+	}
+	_, cpu1 := procStat(t, pid)
+	if used := float64(cpu1-cpu0) / float64(took); used > 0.30 {
+		t.Errorf("the server used %.0f%% of a CPU while callers pinned its descriptors, want under 30%%", 100*used)
+	}
+	if n := strings.Count(s.logText(), "accept:"); n > 3 {
+		t.Errorf("the server logged %d accept errors, want one per back-off:\n%s", n, s.logText())
+	}
 }

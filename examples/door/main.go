@@ -2,9 +2,9 @@
 // processes to call, as a Solaris door or rusty-doors' server does: here
 // "double", a number in and twice it out.
 //
-//	go run ./examples/door serve PATH          # until SIGINT or SIGTERM
-//	go run ./examples/door call PATH 111       # prints 222
-//	go run ./examples/door call PATH 111 FILE  # also has the server append 222 to FILE
+//	door serve [-timeout 5s] [-max 100] PATH  # until SIGINT or SIGTERM
+//	door call PATH 111                        # prints 222
+//	door call PATH 111 FILE                   # also has the server append 222 to FILE
 //
 // The server listens on an AF_UNIX SOCK_SEQPACKET socket at PATH and
 // adopts each connection it accepts as a channel.Conn, answering any number
@@ -15,10 +15,21 @@
 // that another server answers on, replaces a stale socket file left by a
 // server that died, and removes its socket file when it stops; then every
 // caller still connected gets io.EOF.
+//
+// It faces every local user. A caller has -timeout (5 s) for each call,
+// counted from its connection or its last answer: one that stalls, even in
+// the middle of a message or holding files in one, is cut then, and the
+// files of its unfinished message are closed. A Conn holds at most the
+// bytes a caller sent of a message, not the length it announced. At most
+// -max (100) callers are served at once; beyond that the server waits to
+// accept (callers queue in the kernel's backlog). When accept fails, for
+// want of descriptors or otherwise, it backs off as net/http's Server does,
+// 5 ms doubling to 1 s, and logs the error once per back-off.
 package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -28,6 +39,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"channel"
 
@@ -50,8 +62,15 @@ func main() {
 	log.SetPrefix("door: ")
 	args := os.Args[1:]
 	switch {
-	case len(args) == 2 && args[0] == "serve":
-		if err := serve(args[1]); err != nil {
+	case len(args) >= 2 && args[0] == "serve":
+		fs := flag.NewFlagSet("serve", flag.ExitOnError)
+		timeout := fs.Duration("timeout", 5*time.Second, "time a caller has for each call")
+		max := fs.Int("max", 100, "callers served at once; more wait to be accepted")
+		fs.Parse(args[1:])
+		if fs.NArg() != 1 {
+			log.Fatal("usage: door serve [-timeout 5s] [-max 100] PATH")
+		}
+		if err := serve(fs.Arg(0), *timeout, *max); err != nil {
 			log.Fatal(err)
 		}
 	case (len(args) == 3 || len(args) == 4) && args[0] == "call":
@@ -72,13 +91,14 @@ func main() {
 		}
 		fmt.Println(r)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: door serve PATH | door call PATH NUMBER [FILE]")
+		fmt.Fprintln(os.Stderr, "usage: door serve [-timeout 5s] [-max 100] PATH | door call PATH NUMBER [FILE]")
 		os.Exit(2)
 	}
 }
 
-// serve answers calls at path until SIGINT or SIGTERM.
-func serve(path string) error {
+// serve answers calls at path until SIGINT or SIGTERM, at most max callers
+// at once, each with timeout for each call.
+func serve(path string, timeout time.Duration, max int) error {
 	l, err := listen(path)
 	if err != nil {
 		return err
@@ -88,22 +108,44 @@ func serve(path string) error {
 
 	var mu sync.Mutex
 	conns := map[*channel.Conn]bool{}
+	slots := make(chan struct{}, max) // one per caller served
+	stopped := make(chan struct{})
 	go func() {
 		<-stop
+		close(stopped)
 		l.Close() // removes path, and makes Accept below return
 	}()
-	log.Printf("serving double at %s, for uid %d", path, os.Geteuid())
+	log.Printf("serving double at %s, for uid %d, %d callers at once, %v a call", path, os.Geteuid(), max, timeout)
+	var delay time.Duration // the accept back-off
 	for {
+		select {
+		case slots <- struct{}{}:
+		case <-stopped:
+		}
 		uc, err := l.AcceptUnix()
 		if errors.Is(err, net.ErrClosed) {
 			break
 		}
 		if err != nil {
-			log.Print(err) // EMFILE and the like: the next Accept may do
+			<-slots
+			// EMFILE and the like: wait, as net/http's Server does, and
+			// say so once per back-off, not once per try.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				log.Printf("accept: %v; retrying with back-off up to 1s", err)
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			time.Sleep(delay)
 			continue
+		}
+		if delay != 0 {
+			log.Printf("accept works again")
+			delay = 0
 		}
 		c, cred, err := adopt(uc)
 		if err != nil {
+			<-slots
 			log.Print(err)
 			continue
 		}
@@ -111,11 +153,12 @@ func serve(path string) error {
 		conns[c] = true
 		mu.Unlock()
 		go func() {
-			answerCalls(c, cred)
+			answerCalls(c, cred, timeout)
 			mu.Lock()
 			delete(conns, c)
 			mu.Unlock()
-			c.Close()
+			c.Close() // and the files of an unfinished message
+			<-slots
 		}()
 	}
 	// Stopping: every caller still connected gets io.EOF. A call may be
@@ -181,11 +224,17 @@ func adopt(uc *net.UnixConn) (*channel.Conn, *unix.Ucred, error) {
 	return c, cred, err
 }
 
-// answerCalls answers c's calls until the caller goes.
-func answerCalls(c *channel.Conn, cred *unix.Ucred) {
+// answerCalls answers c's calls until the caller goes, or takes longer
+// than timeout for one.
+func answerCalls(c *channel.Conn, cred *unix.Ucred, timeout time.Duration) {
 	for {
 		var in call
+		c.SetDeadline(time.Now().Add(timeout)) // also bounds the answer, if the caller does not read
 		files, err := c.RecvWithFds(&in)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			log.Printf("pid %d: no whole call within %v: cut", cred.Pid, timeout)
+			return
+		}
 		if err != nil {
 			if err != io.EOF {
 				log.Printf("pid %d: %v", cred.Pid, err)
