@@ -376,7 +376,7 @@ func TestDoorMemoryByAnnouncement(t *testing.T) {
 	for range 80 {
 		rawCaller(t, path, frame(64<<20, `"`))
 	}
-	s.awaitFds(t, idle+80*3) // every caller adopted, its first datagram read or about to be
+	s.awaitFds(t, idle+80*3)           // every caller adopted, its first datagram read or about to be
 	time.Sleep(100 * time.Millisecond) // the last Recvs take their first datagram
 	if rss, _ := procStat(t, s.cmd.Process.Pid); rss > 256<<20 {
 		t.Errorf("server's resident memory with 80 callers announcing 64 MiB: %d MiB, want under 256", rss>>20)
