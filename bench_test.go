@@ -20,9 +20,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -597,5 +599,50 @@ func BenchmarkAdopt(b *testing.B) {
 				d.Close()
 			}
 		})
+	}
+}
+
+// BenchmarkAnnounced measures what a Conn holds for a message whose header
+// announces 64 MiB of which one byte came: heap-MiB is the heap in use
+// while the message waits, above what it was before.
+func BenchmarkAnnounced(b *testing.B) {
+	var held float64
+	for i := 0; i < b.N; i++ {
+		c, peer := rawPair(b)
+		runtime.GC()
+		var before, during runtime.MemStats
+		runtime.ReadMemStats(&before)
+		rawSend(b, peer, frame(64<<20, `"`))
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if err := c.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			b.Fatal(err)
+		}
+		runtime.ReadMemStats(&during)
+		held += float64(during.HeapInuse) - float64(before.HeapInuse)
+		c.Close()
+	}
+	b.ReportMetric(held/float64(b.N)/(1<<20), "heap-MiB")
+}
+
+// BenchmarkLargeValue sends a 64 MiB json.RawMessage through a Pair and
+// receives it into a new one each time: time, bytes and allocations.
+func BenchmarkLargeValue(b *testing.B) {
+	a, c := pair(b)
+	v := jsonString(64 << 20)
+	b.SetBytes(int64(len(v)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a.SetDeadline(time.Now().Add(time.Minute))
+		c.SetDeadline(time.Now().Add(time.Minute))
+		sent := make(chan error, 1)
+		go func() { sent <- a.Send(v) }()
+		var got json.RawMessage
+		if err := c.Recv(&got); err != nil || len(got) != len(v) {
+			b.Fatal(err)
+		}
+		if err := <-sent; err != nil {
+			b.Fatal(err)
+		}
 	}
 }

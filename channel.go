@@ -400,7 +400,7 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 // JSON; the fds that came with it are in c.fds. For a Recv into a
 // json.RawMessage, raw is not nil: then a message of several datagrams is
 // reassembled in *raw's memory if it has room, and inRaw says that the JSON
-// returned is there. Otherwise the memory of a message grows with the bytes
+// returned is there or in memory c no longer uses, which the caller may keep. Otherwise the memory of a message grows with the bytes
 // received, at most twice, never by the length announced alone.
 func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error) {
 	for first := c.msg == nil; first || len(c.msg) < c.want; first = false {
@@ -453,7 +453,7 @@ func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error
 	}
 	msg := c.msg
 	c.msg = nil
-	return msg, c.inRaw, nil
+	return msg, true, nil // the caller's memory, or new memory c forgets now
 }
 
 // broken stops the receive side with err, a protocol error.
