@@ -11,6 +11,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -203,4 +204,23 @@ func TestStartFailureLeaksNothing(t *testing.T) {
 		t.Errorf("after a failed Start: %d descriptors, want %d: %v", got, before, fdNames(t))
 	}
 	var _ = exec.ErrNotFound
+}
+
+// TestMemoryFollowsBytes: a header that announces 64 MiB, with one byte
+// of it, makes a Conn hold about a receive buffer, not 64 MiB; the rest
+// still arrives whole.
+func TestMemoryFollowsBytes(t *testing.T) {
+	c, peer := rawPair(t)
+	runtime.GC()
+	var before, during runtime.MemStats
+	runtime.ReadMemStats(&before)
+	rawSend(t, peer, frame(64<<20, `"`))
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if err := c.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Recv() of 1 byte of 64 MiB = %v, want os.ErrDeadlineExceeded", err)
+	}
+	runtime.ReadMemStats(&during)
+	if held := int64(during.HeapInuse) - int64(before.HeapInuse); held > 4<<20 {
+		t.Fatalf("a Conn holds %d MiB for a message of which 1 byte came, want about a receive buffer", held>>20)
+	}
 }
