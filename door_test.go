@@ -450,3 +450,29 @@ func TestDoorStalledFiles(t *testing.T) {
 		t.Errorf("the server logged %d accept errors, want one per back-off:\n%s", n, s.logText())
 	}
 }
+
+// TestDoorCap: beyond -max callers the server waits to accept: a caller
+// is answered once a served one leaves.
+func TestDoorCap(t *testing.T) {
+	bin := buildDoor(t)
+	path := filepath.Join(t.TempDir(), "door.sock")
+	s := startDoor(t, bin, path, nil, "-max", "2", "-timeout", "20s")
+	idle := len(s.fds(t))
+	a := rawCaller(t, path, frame(100, `{"n":`))
+	rawCaller(t, path, frame(100, `{"n":`))
+	s.awaitFds(t, idle+2*3)
+	cmd := doorCall(bin, path, 5, "")
+	var out []byte
+	called := result(func() (err error) { out, err = cmd.Output(); return err })
+	timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	select {
+	case err := <-called:
+		t.Fatalf("a third caller with -max 2 was answered at once: %q, %v", out, err)
+	case <-time.After(300 * time.Millisecond): // waiting to be accepted, as it should
+	}
+	unix.Close(a)
+	if err := await(t, called, "door call"); err != nil || strings.TrimSpace(string(out)) != "10" {
+		t.Fatalf("door call = %q, %v; server log:\n%s", out, err, s.logText())
+	}
+}

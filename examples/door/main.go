@@ -2,7 +2,7 @@
 // processes to call, as a Solaris door or rusty-doors' server does: here
 // "double", a number in and twice it out.
 //
-//	door serve [-timeout 5s] [-max 100] PATH  # until SIGINT or SIGTERM
+//	door serve [-timeout 5s] [-max 1000] PATH  # until SIGINT or SIGTERM
 //	door call PATH 111                        # prints 222
 //	door call PATH 111 FILE                   # also has the server append 222 to FILE
 //
@@ -21,8 +21,9 @@
 // the middle of a message or holding files in one, is cut then, and the
 // files of its unfinished message are closed. A Conn holds at most the
 // bytes a caller sent of a message, not the length it announced. At most
-// -max (100) callers are served at once; beyond that the server waits to
-// accept (callers queue in the kernel's backlog). When accept fails, for
+// -max (1000) callers are served at once, each holding 3 descriptors and
+// at most about 0.6 MB for a message not yet whole; beyond that the server
+// waits to accept (callers queue in the kernel's backlog). When accept fails, for
 // want of descriptors or otherwise, it backs off as net/http's Server does,
 // 5 ms doubling to 1 s, and logs the error once per back-off.
 package main
@@ -65,10 +66,10 @@ func main() {
 	case len(args) >= 2 && args[0] == "serve":
 		fs := flag.NewFlagSet("serve", flag.ExitOnError)
 		timeout := fs.Duration("timeout", 5*time.Second, "time a caller has for each call")
-		max := fs.Int("max", 100, "callers served at once; more wait to be accepted")
+		max := fs.Int("max", 1000, "callers served at once; more wait to be accepted")
 		fs.Parse(args[1:])
 		if fs.NArg() != 1 {
-			log.Fatal("usage: door serve [-timeout 5s] [-max 100] PATH")
+			log.Fatal("usage: door serve [-timeout 5s] [-max 1000] PATH")
 		}
 		if err := serve(fs.Arg(0), *timeout, *max); err != nil {
 			log.Fatal(err)
@@ -91,7 +92,7 @@ func main() {
 		}
 		fmt.Println(r)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: door serve [-timeout 5s] [-max 100] PATH | door call PATH NUMBER [FILE]")
+		fmt.Fprintln(os.Stderr, "usage: door serve [-timeout 5s] [-max 1000] PATH | door call PATH NUMBER [FILE]")
 		os.Exit(2)
 	}
 }
