@@ -4,6 +4,7 @@ package channel
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"reflect"
 	"runtime"
 	"strings"
@@ -57,6 +59,13 @@ func pair(t testing.TB) (*Conn, *Conn) {
 // suite in seconds instead of hanging it: pair, rawPair and start give their
 // Conns deadlines this far, and tests that move a deadline put it back.
 const testWait = 20 * time.Second
+
+// timed returns a command killed if it runs longer than d.
+func timed(t testing.TB, d time.Duration, name string, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return exec.CommandContext(ctx, name, args...)
+}
 
 // bounded returns a deadline testWait from now.
 func bounded() time.Time { return time.Now().Add(testWait) }

@@ -65,7 +65,7 @@ func buildDoor(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("this test builds examples/door and needs go on the PATH: %v", err)
 	}
-	out, err := exec.Command(gobin, "build", "-o", bin, "./examples/door").CombinedOutput()
+	out, err := timed(t, 3*time.Minute, gobin, "build", "-o", bin, "./examples/door").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build ./examples/door: %v\n%s", err, out)
 	}
@@ -163,12 +163,12 @@ func (s *doorServer) awaitFds(t *testing.T, n int) {
 }
 
 // call runs `door call path n [file]` and returns its stdout and stderr.
-func doorCall(bin, path string, n int, file string) *exec.Cmd {
+func doorCall(t *testing.T, bin, path string, n int, file string) *exec.Cmd {
 	args := []string{"call", path, strconv.Itoa(n)}
 	if file != "" {
 		args = append(args, file)
 	}
-	return exec.Command(bin, args...)
+	return timed(t, testWait, bin, args...)
 }
 
 func TestDoor(t *testing.T) {
@@ -187,7 +187,7 @@ func TestDoor(t *testing.T) {
 			defer wg.Done()
 			n := 1000 + i
 			file := filepath.Join(dir, fmt.Sprint(i))
-			out, err := doorCall(bin, path, n, file).CombinedOutput()
+			out, err := doorCall(t, bin, path, n, file).CombinedOutput()
 			if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(2*n) {
 				t.Errorf("door call %d: %v, output %q, want %d", n, err, out, 2*n)
 			}
@@ -221,13 +221,13 @@ func TestDoor(t *testing.T) {
 	}
 	s.waitLog(t, "unexpected EOF")
 	s.waitLog(t, "double(3) = 6")
-	if out, err := doorCall(bin, path, 21, "").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "42" {
+	if out, err := doorCall(t, bin, path, 21, "").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "42" {
 		t.Errorf("door call after dying callers: %v, %q, want 42", err, out)
 	}
 	s.awaitFds(t, idle)
 
 	// A second server refuses the path in use.
-	out, err := exec.Command(bin, "serve", path).CombinedOutput()
+	out, err := timed(t, testWait, bin, "serve", path).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "in use") {
 		t.Errorf("second door serve on the same path: %v, %q, want an error saying in use", err, out)
 	}
@@ -264,7 +264,7 @@ func TestDoorStop(t *testing.T) {
 			unix.Fstat(int(fd), &st)
 		})
 		pipes = append(pipes, fmt.Sprintf("pipe:[%d]", st.Ino))
-		cmd := doorCall(bin, path, i, "/dev/fd/3")
+		cmd := doorCall(t, bin, path, i, "/dev/fd/3")
 		cmd.ExtraFiles = []*os.File{w}
 		var out strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &out
@@ -328,7 +328,7 @@ func TestDoorRefusesOtherUid(t *testing.T) {
 	path := filepath.Join(dir, "door.sock")
 	const nobody = 65534
 	s := startDoor(t, bin, path, &syscall.Credential{Uid: nobody, Gid: nobody})
-	out, err := doorCall(bin, path, 4, "").CombinedOutput()
+	out, err := doorCall(t, bin, path, 4, "").CombinedOutput()
 	want := fmt.Sprintf("uid 0 may not call this door: it serves uid %d only", nobody)
 	if err == nil || !strings.Contains(string(out), want) {
 		t.Errorf("door call as root to nobody's door: %v, %q, want %q", err, out, want)
@@ -429,7 +429,7 @@ func TestDoorStalledFiles(t *testing.T) {
 			t.Fatalf("the stalled callers' files did not fill the server's descriptors: %d", len(s.fds(t)))
 		}
 	}
-	cmd := doorCall(bin, path, 21, "")
+	cmd := doorCall(t, bin, path, 21, "")
 	var out []byte
 	called := result(func() (err error) { out, err = cmd.Output(); return err })
 	timer := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
@@ -461,7 +461,7 @@ func TestDoorCap(t *testing.T) {
 	a := rawCaller(t, path, frame(100, `{"n":`))
 	rawCaller(t, path, frame(100, `{"n":`))
 	s.awaitFds(t, idle+2*3)
-	cmd := doorCall(bin, path, 5, "")
+	cmd := doorCall(t, bin, path, 5, "")
 	var out []byte
 	called := result(func() (err error) { out, err = cmd.Output(); return err })
 	timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })

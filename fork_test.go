@@ -324,7 +324,7 @@ func TestChildExitStatus(t *testing.T) {
 			t.Fatalf("Start(unknown) error = %v, want one naming it", err)
 		}
 		// A child whose binary does not know the name fails at once.
-		cmd := exec.Command("/proc/self/exe")
+		cmd := timed(t, testWait, "/proc/self/exe")
 		cmd.Args[0] = "no-such-child"
 		cmd.Env = append(os.Environ(), envFd+"=3")
 		out, err := cmd.CombinedOutput()
@@ -355,7 +355,7 @@ func TestRegisterNilPanics(t *testing.T) {
 // TestStartWithoutDispatch: a child whose main skips Dispatch, with
 // GO_CHANNEL_REEXEC_FD still set, cannot start a second generation.
 func TestStartWithoutDispatch(t *testing.T) {
-	cmd := exec.Command("/proc/self/exe")
+	cmd := timed(t, testWait, "/proc/self/exe")
 	cmd.Env = append(os.Environ(), envFd+"=3", envNoDispatch+"=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
