@@ -257,8 +257,12 @@ func TestFileConnLeavesSocket(t *testing.T) {
 
 // TestFileConnFailsCleanly: a FileConn that fails, here for want of
 // descriptors, leaves the caller's socket as it was.
-func TestFileConnFailsCleanly(t *testing.T) {
-	c, cmd, stderr := start(t, "fileconn-at-limit")
+func TestFileConnFailsCleanly(t *testing.T) { childSaysOK(t, "fileconn-at-limit") }
+
+// childSaysOK runs the named child, which sends "ok" or what went wrong.
+func childSaysOK(t *testing.T, name string) {
+	t.Helper()
+	c, cmd, stderr := start(t, name)
 	var got string
 	if err := c.Recv(&got); err != nil {
 		t.Fatalf("Recv() = %v; child: %s", err, stderr)
@@ -555,18 +559,7 @@ func TestDescriptorsPerConn(t *testing.T) {
 
 // TestSendWaitsAtLimit: a Send that must wait while the process is at
 // RLIMIT_NOFILE waits, and succeeds when the peer reads.
-func TestSendWaitsAtLimit(t *testing.T) {
-	c, cmd, stderr := start(t, "send-at-limit")
-	var got string
-	if err := c.Recv(&got); err != nil {
-		t.Fatalf("Recv() = %v; child: %s", err, stderr)
-	}
-	if got != "ok" {
-		t.Error(got)
-	}
-	c.Close()
-	cmd.Wait()
-}
+func TestSendWaitsAtLimit(t *testing.T) { childSaysOK(t, "send-at-limit") }
 
 // sendAtLimit is the child of TestSendWaitsAtLimit.
 func sendAtLimit(c *Conn) error {
