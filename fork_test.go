@@ -50,6 +50,7 @@ func init() {
 	})
 	Register("fileconn-at-limit", fileConnAtLimit)
 	Register("send-at-limit", sendAtLimit)
+	Register("count-sigurg", countSIGURG)
 	Register("args", func(c *Conn) error {
 		return c.Send(os.Args)
 	})

@@ -8,16 +8,19 @@ package channel
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,6 +89,68 @@ func TestNoSignals(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("unix.Poll still blocked 10s after its pipe was written")
 	}
+}
+
+// TestNoSIGURG: a program that asks for SIGURG (signal.Notify), with the
+// runtime's own preemption signals off (GODEBUG=asyncpreemptoff=1), gets
+// none from 20 Close calls and 20 moved deadlines while Recvs wait in the
+// kernel.
+func TestNoSIGURG(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := CommandContext(ctx, "count-sigurg")
+	cmd.Env = append(cmd.Env, "GODEBUG=asyncpreemptoff=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	c, err := Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer c.Close()
+	c.SetDeadline(bounded())
+	var n int
+	if err := c.Recv(&n); err != nil {
+		t.Fatalf("Recv() = %v; child: %s", err, stderr.String())
+	}
+	if n != 0 {
+		t.Errorf("signal.Notify(SIGURG) got %d signals during 20 Close and 20 SetReadDeadline calls, want 0", n)
+	}
+}
+
+// countSIGURG is TestNoSIGURG's child.
+func countSIGURG(c *Conn) error {
+	urg := make(chan os.Signal, 1000)
+	signal.Notify(urg, syscall.SIGURG)
+	for i := range 40 {
+		a, b, err := Pair()
+		if err != nil {
+			return err
+		}
+		a.s.kmax = time.Minute
+		a.Send("request")
+		done := make(chan error, 1)
+		go func() { done <- a.Recv(new(any)) }()
+		for deadline := time.Now().Add(10 * time.Second); !stackHas("(*Conn).Recv", "[syscall"); {
+			if time.Now().After(deadline) {
+				return errors.New("no Recv waiting in the kernel after 10s")
+			}
+		}
+		if i%2 == 0 {
+			a.Close()
+		} else {
+			a.SetReadDeadline(time.Now())
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			return errors.New("Recv still blocked 10s after Close or a deadline")
+		}
+		a.Close()
+		b.Close()
+	}
+	time.Sleep(50 * time.Millisecond) // for a signal still in flight
+	return c.Send(len(urg))
 }
 
 // TestFileStaysPlain: a File duplicate works as the plain, blocking socket
