@@ -193,6 +193,7 @@ func (o *op) do(inKernel bool) error {
 		if !inKernel {
 			s.pollWait(o)
 			s.pmu.Unlock()
+			inKernel = !o.armed // epoll_ctl failed (ENOSPC, ENOMEM): wait in the kernel
 		}
 	}
 }
