@@ -410,7 +410,11 @@ func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error
 			p = c.rbuf
 		} else if !first {
 			if need := min(c.want-len(c.msg), c.rlen); cap(c.msg)-len(c.msg) < need {
-				c.msg = append(make([]byte, 0, min(c.want, max(2*cap(c.msg), len(c.msg)+need))), c.msg...)
+				n := c.want // halved while still twice enough: growth doubles, and ends at want
+				for n/2 >= max(2*cap(c.msg), len(c.msg)+need) {
+					n /= 2
+				}
+				c.msg = append(make([]byte, 0, n), c.msg...)
 			}
 			p = c.msg[len(c.msg):min(c.want, cap(c.msg))]
 		}
