@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -608,18 +607,7 @@ func BenchmarkAdopt(b *testing.B) {
 func BenchmarkAnnounced(b *testing.B) {
 	var held float64
 	for i := 0; i < b.N; i++ {
-		c, peer := rawPair(b)
-		runtime.GC()
-		var before, during runtime.MemStats
-		runtime.ReadMemStats(&before)
-		rawSend(b, peer, frame(64<<20, `"`))
-		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
-		if err := c.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
-			b.Fatal(err)
-		}
-		runtime.ReadMemStats(&during)
-		held += float64(during.HeapInuse) - float64(before.HeapInuse)
-		c.Close()
+		held += float64(heldForAnnounced(b))
 	}
 	b.ReportMetric(held/float64(b.N)/(1<<20), "heap-MiB")
 }

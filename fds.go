@@ -149,6 +149,13 @@ func wrap(name string, err error) error {
 	return fmt.Errorf("channel: %w", os.NewSyscallError(name, err))
 }
 
+// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
+type errPeerReset struct{}
+
+func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
+
+func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
+
 // An op is one direction's sendmsg or recvmsg with its waits, in a form that
 // RawConn callbacks can run. Its funcs are bound once, so that a call
 // allocates nothing.
@@ -240,7 +247,7 @@ func (o *op) control(uintptr) {
 		if o.err == unix.ECONNRESET {
 			// A peer that closed with our data unread: the next sendmsg
 			// says ECONNRESET, the one after EPIPE. Both mean it is gone.
-			o.err = unix.EPIPE
+			o.err = errPeerReset{}
 		}
 		return
 	}

@@ -207,20 +207,41 @@ func TestStartFailureLeaksNothing(t *testing.T) {
 }
 
 // TestMemoryFollowsBytes: a header that announces 64 MiB, with one byte
-// of it, makes a Conn hold about a receive buffer, not 64 MiB; the rest
-// still arrives whole.
+// of it, makes a Conn hold about a receive buffer, not 64 MiB.
 func TestMemoryFollowsBytes(t *testing.T) {
-	c, peer := rawPair(t)
+	if held := heldForAnnounced(t); held > 4<<20 {
+		t.Fatalf("a Conn holds %d MiB for a message of which 1 byte came, want about a receive buffer", held>>20)
+	}
+}
+
+// heldForAnnounced returns the heap a Conn holds, in bytes, once it has
+// received 1 byte of a message that announces 64 MiB.
+func heldForAnnounced(tb testing.TB) int64 {
+	c, peer := rawPair(tb)
+	defer c.Close()
 	runtime.GC()
 	var before, during runtime.MemStats
 	runtime.ReadMemStats(&before)
-	rawSend(t, peer, frame(64<<20, `"`))
+	rawSend(tb, peer, frame(64<<20, `"`))
 	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	if err := c.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Recv() of 1 byte of 64 MiB = %v, want os.ErrDeadlineExceeded", err)
+		tb.Fatalf("Recv() of 1 byte of 64 MiB = %v, want os.ErrDeadlineExceeded", err)
 	}
 	runtime.ReadMemStats(&during)
-	if held := int64(during.HeapInuse) - int64(before.HeapInuse); held > 4<<20 {
-		t.Fatalf("a Conn holds %d MiB for a message of which 1 byte came, want about a receive buffer", held>>20)
+	return int64(during.HeapInuse) - int64(before.HeapInuse)
+}
+
+// TestSendToResetPeer: a peer that closed with our message unread makes the
+// next Send fail with an error that matches EPIPE and says what the kernel
+// said, ECONNRESET, as the README's Errors table promises.
+func TestSendToResetPeer(t *testing.T) {
+	a, b := pair(t)
+	if err := a.Send("unread"); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	err := a.Send("next")
+	if !errors.Is(err, syscall.EPIPE) || !errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("Send() after the peer closed with our message unread = %v, want ECONNRESET matching EPIPE", err)
 	}
 }
