@@ -94,6 +94,7 @@ type Conn struct {
 	s       *socket
 	cleanup runtime.Cleanup // closes s if c is dropped unclosed
 	sent    atomic.Bool     // a Send since the last Recv: that Recv awaits an answer
+	child   int             // the child's pid if made by Start: see explain
 
 	// smu is held for a whole message sent; it guards the fields below.
 	smu   sync.Mutex
@@ -103,16 +104,20 @@ type Conn struct {
 	dgram int   // largest datagram to send: SO_SNDBUF-32, halved on EMSGSIZE
 	serr  error // set once a message was cut short: the send side is broken
 
-	// rmu is held for a whole message received; it guards the fields below.
-	rmu   sync.Mutex
-	rbuf  []byte // the first datagram of a message; allocated on first use
-	rlen  int    // len(rbuf): SO_SNDBUF when the Conn was made
-	msg   []byte // a message of several datagrams, reassembled so far
-	want  int    // the length of msg when whole
-	inRaw bool   // msg is the memory of the caller's json.RawMessage
-	fds   []int  // fds of the message being received, not yet handed out
-	ferr  error  // an error about fds, returned once the message is whole
-	rerr  error  // set on a protocol error: the receive side is broken
+	// rmu is held for a whole message received; it guards the fields
+	// below: rbuf, the first datagram of a message, of SO_SNDBUF bytes,
+	// allocated on first use; msg, a message of several datagrams
+	// reassembled so far, want bytes when whole, in the memory of the
+	// caller's json.RawMessage if inRaw; fds, those of the message being
+	// received, not yet handed out; ferr, an error about them, returned once
+	// the message is whole; rerr, set on a protocol error: the receive side
+	// is broken.
+	rmu        sync.Mutex
+	rbuf, msg  []byte
+	want       int
+	inRaw      bool
+	fds        []int
+	ferr, rerr error
 }
 
 const (
@@ -126,9 +131,8 @@ const (
 func Pair() (c0, c1 *Conn, err error) {
 	fds, err := socketpair()
 	if err != nil {
-		return nil, nil, fmt.Errorf("channel: %w", err)
-	}
-	if c0, err = newConn(fds[0]); err != nil {
+		return nil, nil, err
+	} else if c0, err = newConn(fds[0]); err != nil {
 		unix.Close(fds[1])
 	} else if c1, err = newConn(fds[1]); err != nil {
 		c0.Close()
@@ -140,7 +144,7 @@ func Pair() (c0, c1 *Conn, err error) {
 func socketpair() ([2]int, error) {
 	// CLOEXEC: a child started elsewhere meanwhile must not inherit an end.
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	return fds, os.NewSyscallError("socketpair", err)
+	return fds, wrap("socketpair", err)
 }
 
 // FileConn returns a Conn on a duplicate of f, which must be a connected
@@ -194,7 +198,7 @@ func newConn(fd int) (*Conn, error) {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
 	// A datagram must fit the send buffer less 32 bytes (EMSGSIZE otherwise).
-	c := &Conn{s: s, rlen: s.sndbuf, dgram: max(s.sndbuf-32, minDgram)}
+	c := &Conn{s: s, dgram: max(s.sndbuf-32, minDgram)}
 	c.cleanup = runtime.AddCleanup(c, func(s *socket) { s.close() }, s)
 	c.enc = json.NewEncoder(&c.sbuf)
 	c.enc.SetEscapeHTML(false)
@@ -233,7 +237,7 @@ func (c *Conn) File() (*os.File, error) {
 // Send returns an error, so the peer never sees half a value followed by
 // another.
 func (c *Conn) Send(v any) error {
-	return c.send(v, nil)
+	return c.explain(c.send(v, nil))
 }
 
 // SendWithFds is like [Conn.Send] but passes files along with v, 0 to 253 of
@@ -244,7 +248,7 @@ func (c *Conn) SendWithFds(v any, files ...*os.File) error {
 	if len(files) > maxFds {
 		return fmt.Errorf("channel: %d files are more than the %d one message may carry", len(files), maxFds)
 	}
-	return c.send(v, files)
+	return c.explain(c.send(v, files))
 }
 
 func (c *Conn) send(v any, files []*os.File) error {
@@ -275,25 +279,20 @@ func (c *Conn) send(v any, files []*os.File) error {
 		return err
 	}
 	// The message is the header then body, cut into datagrams of c.dgram
-	// bytes; its files go with the first.
-	for off, total := 0, headerLen+len(body); off < total; {
-		end := min(total, off+c.dgram)
-		head, p := c.hdr[:], body[:end-headerLen]
-		if off > 0 {
-			head, p = nil, body[off-headerLen:end-headerLen]
-		}
-		err := c.s.send(head, p, oob)
-		if errors.Is(err, unix.EMSGSIZE) && c.dgram > minDgram {
+	// bytes; the header and files go with the first. body is never empty.
+	for off, head := 0, c.hdr[:]; off < len(body); {
+		end := min(len(body), off+c.dgram-len(head))
+		switch err := c.s.send(head, body[off:end], oob); {
+		case errors.Is(err, unix.EMSGSIZE) && c.dgram > minDgram:
 			c.dgram = max(c.dgram/2, minDgram) // someone lowered SO_SNDBUF
-			continue
-		}
-		if err != nil {
-			if off > 0 {
-				c.serr = fmt.Errorf("channel: send side broken, a message was cut short: %w", err)
-			}
+		case err != nil && off > 0:
+			c.serr = fmt.Errorf("channel: send side broken, a message was cut short: %w", err)
 			return err
+		case err != nil:
+			return err
+		default:
+			off, head, oob = end, nil, nil
 		}
-		off, oob = end, nil
 	}
 	runtime.KeepAlive(files)
 	c.sent.Store(true)
@@ -343,14 +342,15 @@ func rights(files []*os.File) ([]byte, error) {
 // written also by a Recv that fails, but never after Recv has returned.
 func (c *Conn) Recv(v any) error {
 	_, err := c.recv(v, false)
-	return err
+	return c.explain(err)
 }
 
 // RecvWithFds is like [Conn.Recv] but also returns the files that came with
 // the message, exactly those, in the order sent, close-on-exec. They are the
 // caller's to close. On any error the files of the message are closed.
 func (c *Conn) RecvWithFds(v any) ([]*os.File, error) {
-	return c.recv(v, true)
+	files, err := c.recv(v, true)
+	return files, c.explain(err)
 }
 
 func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
@@ -404,12 +404,12 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 // received, at most twice, never by the length announced alone.
 func (c *Conn) readMsg(raw *json.RawMessage) (data []byte, inRaw bool, err error) {
 	for first := c.msg == nil; first || len(c.msg) < c.want; first = false {
+		if first && c.rbuf == nil {
+			c.rbuf = make([]byte, c.s.sndbuf)
+		}
 		p := c.rbuf
-		if first && p == nil {
-			c.rbuf = make([]byte, c.rlen)
-			p = c.rbuf
-		} else if !first {
-			if need := min(c.want-len(c.msg), c.rlen); cap(c.msg)-len(c.msg) < need {
+		if !first {
+			if need := min(c.want-len(c.msg), c.s.sndbuf); cap(c.msg)-len(c.msg) < need {
 				n := c.want // halved while still twice enough: growth doubles, and ends at want
 				for n/2 >= max(2*cap(c.msg), len(c.msg)+need) {
 					n /= 2

@@ -40,7 +40,6 @@
 package channel
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -70,24 +69,22 @@ const (
 // The two directions of a socket.
 const reading, writing = 0, 1
 
+// A socket is fd, with efd and ep (see the file comment). sndbuf is
+// SO_SNDBUF when the socket was adopted. wshut says that the sending side is
+// shut down. kmu is held by the call that waits in the kernel, or is about
+// to; pmu by the call that waits in the poller. kmax is kernelWait, which
+// tests lengthen to find a call there. dmu guards dl, the deadline of each
+// direction (zero: none), and orders their changes with the start of a wait
+// in the poller.
 type socket struct {
-	fd, efd int
-	sndbuf  int // SO_SNDBUF when the socket was adopted
-	ep      *os.File
-	rc      syscall.RawConn // ep's: see the file comment
-	closed  atomic.Bool
-	wshut   atomic.Bool // the sending side is shut down
-	kwait   atomic.Bool // a call waits in the kernel, or is about to
-	kmu     sync.Mutex  // held by the call that waits in the kernel
-	pmu     sync.Mutex  // held by the call that waits in the poller
-	op      [2]*op
-	kmax    time.Duration // kernelWait; tests lengthen it to find a call there
-
-	// dmu guards the deadlines, and orders their changes with the start of
-	// a wait in the poller.
-	dmu  sync.Mutex
-	dl   [2]time.Time // deadline of each direction; zero: none
-	pdir int          // the direction waiting in the poller, or -1
+	fd, efd, sndbuf int
+	ep              *os.File
+	rc              syscall.RawConn // ep's: see the file comment
+	closed, wshut   atomic.Bool
+	kmu, pmu, dmu   sync.Mutex
+	op              [2]*op
+	kmax            time.Duration
+	dl              [2]time.Time
 }
 
 // newSocket returns a socket on fd, which it owns from then on, even on error.
@@ -95,18 +92,16 @@ func newSocket(fd int) (*socket, error) {
 	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	efd, err2 := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	ep, err3 := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	err = errors.Join(os.NewSyscallError("getsockopt", err), os.NewSyscallError("eventfd", err2), os.NewSyscallError("epoll_create1", err3))
-	if err != nil {
+	if err = errors.Join(os.NewSyscallError("getsockopt", err), os.NewSyscallError("eventfd", err2), os.NewSyscallError("epoll_create1", err3)); err != nil {
 		closeFds([]int{fd, efd, ep}) // and -1s, which fail harmlessly
 		return nil, err
 	}
 	unix.SetNonblock(ep, true) // our own description: for the runtime poller
-	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, ep: os.NewFile(uintptr(ep), "channel-epoll"), pdir: -1, kmax: kernelWait}
+	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, ep: os.NewFile(uintptr(ep), "channel-epoll"), kmax: kernelWait}
 	s.rc, _ = s.ep.SyscallConn()
 	for dir := range s.op {
 		o := &op{s: s, dir: dir}
-		o.ctl, o.arm = o.control, o.pollArm
-		o.del = func(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, s.fd, nil) }
+		o.ctl, o.arm, o.del = o.control, o.pollArm, o.pollDel
 		s.op[dir] = o
 	}
 	s.op[reading].oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
@@ -120,13 +115,10 @@ func newSocket(fd int) (*socket, error) {
 // answer says that the call awaits an answer to what was just sent.
 func (s *socket) recv(p []byte, answer bool) (n int, oob []byte, flags int, err error) {
 	o := s.op[reading]
-	o.p = p
+	o.p, o.n, o.oobn, o.flags = p, 0, 0, 0
 	err = wrap("recvmsg", o.do(answer))
 	o.p = nil
-	if err != nil {
-		return 0, nil, 0, err
-	}
-	return o.n, o.oob[:o.oobn], o.flags, nil
+	return o.n, o.oob[:o.oobn], o.flags, err
 }
 
 // send sends head then p, with the control data oob, as one datagram.
@@ -165,10 +157,11 @@ type op struct {
 	head, p, oob   []byte // sendmsg sends head then p as one datagram
 	n, oobn, flags int
 	err            error // the syscall's
-	sleep          bool  // wait in the kernel before the syscall
-	armed          bool  // ep watches the socket for o
-	ctl, del       func(uintptr)
-	arm            func(uintptr) bool
+	// sleep: wait in the kernel before the syscall; armed: ep watches the
+	// socket for o.
+	sleep, armed bool
+	ctl, del     func(uintptr)
+	arm          func(uintptr) bool
 }
 
 // do makes o's syscall, waiting while it would block, first in the kernel if
@@ -177,31 +170,25 @@ type op struct {
 func (o *op) do(inKernel bool) error {
 	s := o.s
 	for {
-		if s.closed.Load() || o.dir == writing && s.wshut.Load() {
+		switch {
+		case s.closed.Load() || o.dir == writing && s.wshut.Load():
 			return net.ErrClosed
-		}
-		if s.left(o.dir) <= 0 {
+		case s.left(o.dir) <= 0:
 			return os.ErrDeadlineExceeded
 		}
 		o.sleep = inKernel && s.kmu.TryLock()
-		err := s.rc.Control(o.ctl)
+		o.err = net.ErrClosed // unless the callback runs: ep is closed
+		s.rc.Control(o.ctl)
 		if o.sleep {
 			s.kmu.Unlock()
-		}
-		if err != nil {
-			return net.ErrClosed
 		}
 		if o.err != unix.EAGAIN {
 			return o.err
 		}
-		// In the poller, unless the other direction waits there: then in
-		// the kernel, a kernelWait at a time.
-		inKernel = !s.pmu.TryLock()
-		if !inKernel {
-			s.pollWait(o)
-			s.pmu.Unlock()
-			inKernel = !o.armed // epoll_ctl failed (ENOSPC, ENOMEM): wait in the kernel
-		}
+		// In the poller, unless the other direction waits there, or
+		// epoll_ctl failed (ENOSPC, ENOMEM): then in the kernel, a
+		// kernelWait at a time.
+		inKernel = !s.pmu.TryLock() || !s.pollWait(o)
 	}
 }
 
@@ -209,12 +196,11 @@ func (o *op) do(inKernel bool) error {
 // once it has passed.
 func (s *socket) left(dir int) time.Duration {
 	s.dmu.Lock()
-	dl := s.dl[dir]
-	s.dmu.Unlock()
-	if dl.IsZero() {
+	defer s.dmu.Unlock()
+	if s.dl[dir].IsZero() {
 		return s.kmax
 	}
-	return max(min(time.Until(dl), s.kmax), 0)
+	return max(min(time.Until(s.dl[dir]), s.kmax), 0)
 }
 
 // control runs in a RawConn callback: a wait in the kernel if o.sleep is
@@ -224,18 +210,15 @@ func (o *op) control(uintptr) {
 	if o.sleep {
 		ev := [2]int16{unix.POLLIN | unix.POLLRDHUP, unix.POLLOUT}[o.dir]
 		pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
-		s.kwait.Store(true)
-		// Looked at after kwait is set: a later Close or deadline wakes us.
+		// Looked at with kmu held: a later Close or deadline writes efd.
 		// ppoll writes the time left back into ts: after a signal
 		// (EINTR), the next call waits for the rest.
 		ts := unix.NsecToTimespec(int64(s.left(o.dir)))
 		for ts != (unix.Timespec{}) && !s.closed.Load() {
-			_, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-			if e != unix.EINTR {
+			if _, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); e != unix.EINTR {
 				break
 			}
 		}
-		s.kwait.Store(false)
 		if pfd[1].Revents != 0 {
 			var b [8]byte
 			unix.Read(s.efd, b[:])
@@ -262,20 +245,19 @@ func (o *op) control(uintptr) {
 }
 
 // pollWait waits in the runtime poller until the socket is ready for o, its
-// deadline passes or s is closed. The caller holds s.pmu, and looks again.
-func (s *socket) pollWait(o *op) {
+// deadline passes or s is closed, and unlocks s.pmu, which the caller
+// holds. It returns whether ep could watch the socket. The caller looks
+// again.
+func (s *socket) pollWait(o *op) bool {
+	defer s.pmu.Unlock()
 	s.dmu.Lock()
-	s.pdir = o.dir
 	s.ep.SetReadDeadline(s.dl[o.dir])
 	s.dmu.Unlock()
 	o.armed = false
-	s.rc.Read(o.arm)
-	s.dmu.Lock()
-	s.pdir = -1
-	s.dmu.Unlock()
-	if o.armed {
+	if s.rc.Read(o.arm); o.armed {
 		s.rc.Control(o.del)
 	}
+	return o.armed
 }
 
 // pollArm, in ep's RawConn.Read, makes ep watch the socket for o; called
@@ -290,18 +272,23 @@ func (o *op) pollArm(ep uintptr) bool {
 	return true
 }
 
-// setDeadline sets dir's deadline, and makes a call waiting on it look again.
+// pollDel, in a RawConn callback, makes ep stop watching the socket.
+func (o *op) pollDel(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, o.s.fd, nil) }
+
+// setDeadline sets dir's deadline, and makes the calls waiting look again:
+// the one in the poller at a past deadline of ep, the one in the kernel at
+// efd.
 func (s *socket) setDeadline(dir int, t time.Time) error {
 	if s.closed.Load() {
 		return net.ErrClosed
 	}
 	s.dmu.Lock()
 	s.dl[dir] = t
-	if s.pdir == dir {
-		s.ep.SetReadDeadline(t)
-	}
+	s.ep.SetReadDeadline(time.Unix(1, 0))
 	s.dmu.Unlock()
-	if s.kwait.Load() {
+	if s.kmu.TryLock() {
+		s.kmu.Unlock()
+	} else {
 		s.wake()
 	}
 	return nil
@@ -309,7 +296,7 @@ func (s *socket) setDeadline(dir int, t time.Time) error {
 
 // wake ends the wait of the call waiting in the kernel, if any.
 func (s *socket) wake() {
-	s.rc.Control(func(uintptr) { unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) })
+	s.use(func(int) error { _, err := unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0}); return err })
 }
 
 // close closes the socket; calls waiting on it return net.ErrClosed.
@@ -323,21 +310,38 @@ func (s *socket) close() error {
 	return unix.Close(s.fd)
 }
 
+// use runs f on the socket in a callback of ep, so that s.fd stays open; it
+// returns net.ErrClosed once s is closed.
+func (s *socket) use(f func(fd int) error) error {
+	err := net.ErrClosed
+	s.rc.Control(func(uintptr) { err = f(s.fd) })
+	return err
+}
+
+// bindAuto binds the socket to an address of the kernel's choosing, in the
+// abstract namespace: its peer then sees an address, even once it is gone.
+func (s *socket) bindAuto() error {
+	return s.use(func(fd int) error { return unix.Bind(fd, &unix.SockaddrUnix{}) })
+}
+
+// peerBound says whether the peer's socket was bound, even if it is gone.
+func (s *socket) peerBound() bool {
+	var sa unix.Sockaddr
+	s.use(func(fd int) (err error) { sa, err = unix.Getpeername(fd); return err })
+	u, ok := sa.(*unix.SockaddrUnix)
+	return ok && len(u.Name) > 1 // not "", nor "@", the unbound peer's
+}
+
 // shutdownWrite shuts down the socket's sending side.
-func (s *socket) shutdownWrite() (err error) {
+func (s *socket) shutdownWrite() error {
 	s.wshut.Store(true)
-	if s.rc.Control(func(uintptr) { err = unix.Shutdown(s.fd, unix.SHUT_WR) }) != nil {
-		return net.ErrClosed
-	}
-	return os.NewSyscallError("shutdown", err)
+	return s.use(func(fd int) error { return os.NewSyscallError("shutdown", unix.Shutdown(fd, unix.SHUT_WR)) })
 }
 
 // dup returns a close-on-exec duplicate of the socket.
-func (s *socket) dup() (fd int, err error) {
-	if s.rc.Control(func(uintptr) { fd, err = unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0) }) != nil {
-		return -1, net.ErrClosed
-	}
-	return fd, err
+func (s *socket) dup() (dup int, err error) {
+	err = s.use(func(fd int) (err error) { dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); return err })
+	return dup, err
 }
 
 // msg makes one sendmsg or recvmsg call on the bytes of head then p, and
@@ -370,11 +374,9 @@ func msg(trap uintptr, fd int, head, p, oob []byte, flags int) (n, oobn, outflag
 // nothing is queued.
 func peerGone(fd int) bool {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-	if n, err := unix.Poll(pfd, 0); err != nil || n == 0 || pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) == 0 {
-		return false
-	}
-	queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
-	return err == nil && queued == 0
+	n, err := unix.Poll(pfd, 0)
+	queued, err2 := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n == 1 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0 && err2 == nil && queued == 0
 }
 
 // parseRights appends the fds of the SCM_RIGHTS messages in oob to fds, and
@@ -387,7 +389,7 @@ func parseRights(oob []byte, fds []int) []int {
 			rights, _ := unix.ParseUnixRights(m)
 			fds = append(fds, rights...)
 		} else if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_PIDFD && len(m.Data) >= 4 {
-			unix.Close(int(int32(binary.NativeEndian.Uint32(m.Data))))
+			unix.Close(int(*(*int32)(unsafe.Pointer(&m.Data[0]))))
 		}
 	}
 	return fds

@@ -132,3 +132,61 @@ func TestCloseWriteWorkerPool(t *testing.T) {
 		t.Fatalf("Send() after CloseWrite = %v, want net.ErrClosed", err)
 	}
 }
+
+// TestChildThatNeverRan: a child that ends without running its function
+// (its main skipped Dispatch, or its name was registered after Dispatch)
+// gives the parent's Recv and Send an error that says so and names
+// Dispatch and init, not a bare io.EOF; it still matches io.EOF, or
+// syscall.EPIPE for Send. A child that ran its function and returned gives
+// the bare io.EOF and EPIPE, even when it sent nothing; so does one killed
+// before it could run it.
+func TestChildThatNeverRan(t *testing.T) {
+	// Registered in this process only: the child, whose init does not
+	// register it, cannot find it, as when main registers after Dispatch.
+	late := fmt.Sprint("registered-late-", time.Now().UnixNano()) // new under -count
+	Register(late, func(*Conn) error { return nil })
+	for _, tt := range []struct {
+		name, child, env string
+		status           int
+		bare             bool
+	}{
+		{"no Dispatch", "echo", envNoDispatch + "=1", 0, false},
+		{"registered late", late, "", exitNoStart, false},
+		{"ran and returned", "exit-error", "", 1, true},
+		{"killed at once", "echo", "", -1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), testWait)
+			defer cancel()
+			cmd := CommandContext(ctx, tt.child)
+			cmd.Stdout, cmd.Stderr = nil, nil
+			if tt.env != "" {
+				cmd.Env = append(cmd.Env, tt.env)
+			}
+			c, err := Start(cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tt.status == -1 {
+				cmd.Process.Kill()
+			}
+			c.SetDeadline(bounded())
+			named := func(err error) bool {
+				return strings.Contains(fmt.Sprint(err), "channel.Dispatch") && strings.Contains(fmt.Sprint(err), "init function")
+			}
+			err = c.Recv(new(any))
+			if tt.bare && err != io.EOF || !tt.bare && (err == io.EOF || !errors.Is(err, io.EOF) || !named(err)) {
+				t.Errorf("Recv() = %v; want io.EOF, bare unless the child exited without running its function, then naming Dispatch and init", err)
+			}
+			err = c.Send("x")
+			if !errors.Is(err, syscall.EPIPE) || named(err) == tt.bare {
+				t.Errorf("Send() = %v; want EPIPE, naming Dispatch and init if the child exited without running its function", err)
+			}
+			var exit *exec.ExitError
+			if err := cmd.Wait(); tt.status == 0 && err != nil || tt.status != 0 && (!errors.As(err, &exit) || exit.ExitCode() != tt.status) {
+				t.Errorf("child: %v, want exit status %d (-1: killed)", err, tt.status)
+			}
+		})
+	}
+}

@@ -6,12 +6,17 @@ package channel
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // envFd names the child's inherited socket: empty as Command sets it, the
@@ -80,6 +85,7 @@ func Dispatch() {
 		fmt.Fprintf(os.Stderr, "channel: child %q: %v\n", name, err)
 		os.Exit(exitNoStart)
 	}
+	c.s.bindAuto() // tells the parent that the function ran: see explain
 	err = main(c)
 	c.Close()
 	if err != nil {
@@ -159,7 +165,7 @@ func Start(cmd *exec.Cmd) (*Conn, error) {
 	}
 	fds, err := socketpair()
 	if err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
+		return nil, err
 	}
 	// The child's end is closed here whatever happens, so that the parent
 	// sees EOF when the child goes.
@@ -177,5 +183,38 @@ func Start(cmd *exec.Cmd) (*Conn, error) {
 		parent.Close()
 		return nil, fmt.Errorf("channel: %w", err)
 	}
+	parent.child = cmd.Process.Pid
 	return parent, nil
+}
+
+// explain returns err, or, if c was made by Start and its child exited
+// without having run its function, an error that says so and names the
+// likely causes. Dispatch binds the child's socket before it runs the
+// function, and the parent sees that address even once the child is gone.
+// A child killed by a signal gets the bare error.
+func (c *Conn) explain(err error) error {
+	if err == nil || c.child == 0 || err != io.EOF && !errors.Is(err, syscall.EPIPE) || c.s.peerBound() || !exited(c.child) {
+		return err
+	}
+	return fmt.Errorf("channel: the child ended without running its function (is channel.Dispatch the first call in its main or TestMain, and its name registered in an init function?): %w", err)
+}
+
+// exited waits up to 100 ms for the child pid, which closed its end of the
+// channel, to end, and says whether it exited rather than was killed. It
+// does not reap the child: cmd.Wait still does, and once it has, exited
+// says false.
+func exited(pid int) bool {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	f.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	rc, _ := f.SyscallConn()
+	var info unix.Siginfo
+	rc.Read(func(fd uintptr) bool {
+		return unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT, nil) != unix.EAGAIN
+	})
+	return info.Code == 1 // CLD_EXITED
 }

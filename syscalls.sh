@@ -13,7 +13,7 @@ command -v strace >/dev/null || { echo "needs strace (apt-get install strace)" >
 bin=$(mktemp -d)/channel.test
 go test -c -o "$bin" .
 printf '%-20s %8s %10s  %s\n' impl total EPOLLOUT 'per round trip, by syscall (>= 0.1)'
-for impl in fds=0/impl=blocking fds=0/impl=poller fds=0/impl=ndjson fds=0/impl=channel fds=1/impl=blocking fds=1/impl=poller fds=1/impl=channel; do
+for impl in ${IMPLS:-fds=0/impl=blocking fds=0/impl=poller fds=0/impl=ndjson fds=0/impl=channel fds=1/impl=blocking fds=1/impl=poller fds=1/impl=channel}; do
 	log=$(mktemp)
 	strace -f -qq -e trace=all -e signal=none -o "$log" "$bin" -test.run '^$' -test.bench "^BenchmarkRoundTrip\$/^${impl%%/*}\$/^${impl#*/}\$" -test.benchtime "${n}x" >/dev/null
 	# One line a call, or two when strace splits one between threads:
