@@ -23,9 +23,11 @@
 // bytes a caller sent of a message, not the length it announced. At most
 // -max (1000) callers are served at once, each holding 3 descriptors and
 // at most about 0.6 MB for a message not yet whole; beyond that the server
-// waits to accept (callers queue in the kernel's backlog). When accept fails, for
-// want of descriptors or otherwise, it backs off as net/http's Server does,
-// 5 ms doubling to 1 s, and logs the error once per back-off.
+// waits to accept (callers queue in the kernel's backlog). When accept
+// fails, for want of descriptors or otherwise, or adopting an accepted
+// caller fails for want of descriptors, it backs off as net/http's Server
+// does, 5 ms doubling to 1 s, keeping that caller, and logs the error once
+// per back-off.
 package main
 
 import (
@@ -117,7 +119,18 @@ func serve(path string, timeout time.Duration, max int) error {
 		l.Close() // removes path, and makes Accept below return
 	}()
 	log.Printf("serving double at %s, for uid %d, %d callers at once, %v a call", path, os.Geteuid(), max, timeout)
-	var delay time.Duration // the accept back-off
+	// EMFILE and the like: wait, as net/http's Server does, and say so
+	// once per back-off, not once per try.
+	var delay time.Duration
+	backOff := func(err error) {
+		if delay == 0 {
+			delay = 5 * time.Millisecond
+			log.Printf("%v; retrying with back-off up to 1s", err)
+		} else {
+			delay = min(2*delay, time.Second)
+		}
+		time.Sleep(delay)
+	}
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -129,22 +142,21 @@ func serve(path string, timeout time.Duration, max int) error {
 		}
 		if err != nil {
 			<-slots
-			// EMFILE and the like: wait, as net/http's Server does, and
-			// say so once per back-off, not once per try.
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-				log.Printf("accept: %v; retrying with back-off up to 1s", err)
-			} else {
-				delay = min(2*delay, time.Second)
-			}
-			time.Sleep(delay)
+			backOff(err)
 			continue
 		}
-		if delay != 0 {
+		// Adopting takes 4 descriptors more (3 kept): out of them, keep
+		// the caller and back off.
+		c, cred, err := adopt(uc)
+		for errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			backOff(err)
+			c, cred, err = adopt(uc)
+		}
+		uc.Close()
+		if delay != 0 && err == nil {
 			log.Printf("accept works again")
 			delay = 0
 		}
-		c, cred, err := adopt(uc)
 		if err != nil {
 			<-slots
 			log.Print(err)
@@ -199,10 +211,9 @@ func listen(path string) (*net.UnixListener, error) {
 
 // adopt makes an accepted connection a channel.Conn, and reads its
 // caller's credentials. FileConn takes an *os.File: File duplicates the
-// socket, FileConn duplicates it again, and both extra descriptors are
-// closed here, so that the Conn holds the only one.
+// socket and FileConn duplicates it again; the caller closes uc, so that
+// the Conn holds the only one.
 func adopt(uc *net.UnixConn) (*channel.Conn, *unix.Ucred, error) {
-	defer uc.Close()
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, nil, err
