@@ -32,10 +32,9 @@
 // the kernel first, then in the poller. Every other wait is a stream's, and
 // goes to the poller at once, where several datagrams queue between wake-ups.
 //
-// Every syscall on the socket and efd runs inside a callback of ep's
-// RawConn, and Close closes ep, which waits for callbacks in progress, before
-// it closes them: no call reaches a descriptor number that Close released and
-// the process reused.
+// Every use of the socket and efd holds mu for reading, and Close holds it
+// whole once it has woken every waiter, before it closes them: no call
+// reaches a descriptor number that Close released and the process reused.
 
 package channel
 
@@ -69,20 +68,25 @@ const (
 // The two directions of a socket.
 const reading, writing = 0, 1
 
-// A socket is fd, with efd and ep (see the file comment). sndbuf is
-// SO_SNDBUF when the socket was adopted. wshut says that the sending side is
-// shut down. kmu is held by the call that waits in the kernel, or is about
-// to; pmu by the call that waits in the poller. kmax is kernelWait, which
-// tests lengthen to find a call there. dmu guards dl, the deadline of each
-// direction (zero: none), and orders their changes with the start of a wait
-// in the poller.
+// A socket is fd, with efd and ep (see the file comment), and rc, ep's
+// RawConn. sndbuf is SO_SNDBUF when the socket was adopted; oob, the
+// control buffer of recvmsg. wshut says that the sending side is shut down.
+// kmu is held by the call that waits in the kernel, or is about to; pmu by
+// the call that waits in the poller, for which ep watches the socket once
+// armed. arm holds each direction's pollArm, bound once, so that a wait
+// allocates nothing. kmax is kernelWait, which tests lengthen to find a
+// call there. dmu guards dl, the deadline of each direction (zero: none),
+// and orders their changes with the start of a wait in the poller.
 type socket struct {
 	fd, efd, sndbuf int
+	oob             []byte
 	ep              *os.File
-	rc              syscall.RawConn // ep's: see the file comment
+	rc              syscall.RawConn
+	mu              sync.RWMutex
 	closed, wshut   atomic.Bool
 	kmu, pmu, dmu   sync.Mutex
-	op              [2]*op
+	armed           bool
+	arm             [2]func(uintptr) bool
 	kmax            time.Duration
 	dl              [2]time.Time
 }
@@ -97,14 +101,11 @@ func newSocket(fd int) (*socket, error) {
 		return nil, err
 	}
 	unix.SetNonblock(ep, true) // our own description: for the runtime poller
-	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, ep: os.NewFile(uintptr(ep), "channel-epoll"), kmax: kernelWait}
+	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, oob: make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra), ep: os.NewFile(uintptr(ep), "channel-epoll"), kmax: kernelWait}
 	s.rc, _ = s.ep.SyscallConn()
-	for dir := range s.op {
-		o := &op{s: s, dir: dir}
-		o.ctl, o.arm, o.del = o.control, o.pollArm, o.pollDel
-		s.op[dir] = o
+	for dir := range s.arm {
+		s.arm[dir] = func(ep uintptr) bool { return s.pollArm(dir, ep) }
 	}
-	s.op[reading].oob = make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra)
 	return s, nil
 }
 
@@ -114,20 +115,14 @@ func newSocket(fd int) (*socket, error) {
 // empty datagram is n == 0; the peer gone at the end of input is io.EOF.
 // answer says that the call awaits an answer to what was just sent.
 func (s *socket) recv(p []byte, answer bool) (n int, oob []byte, flags int, err error) {
-	o := s.op[reading]
-	o.p, o.n, o.oobn, o.flags = p, 0, 0, 0
-	err = wrap("recvmsg", o.do(answer))
-	o.p = nil
-	return o.n, o.oob[:o.oobn], o.flags, err
+	n, oobn, flags, err := s.do(reading, nil, p, s.oob, answer)
+	return n, s.oob[:oobn], flags, wrap("recvmsg", err)
 }
 
 // send sends head then p, with the control data oob, as one datagram.
 func (s *socket) send(head, p, oob []byte) error {
-	o := s.op[writing]
-	o.head, o.p, o.oob = head, p, oob
-	err := wrap("sendmsg", o.do(false))
-	o.head, o.p, o.oob = nil, nil, nil
-	return err
+	_, _, _, err := s.do(writing, head, p, oob, false)
+	return wrap("sendmsg", err)
 }
 
 // wrap names the call in err.
@@ -148,47 +143,35 @@ func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
 
 func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
 
-// An op is one direction's sendmsg or recvmsg with its waits, in a form that
-// RawConn callbacks can run. Its funcs are bound once, so that a call
-// allocates nothing.
-type op struct {
-	s              *socket
-	dir            int
-	head, p, oob   []byte // sendmsg sends head then p as one datagram
-	n, oobn, flags int
-	err            error // the syscall's
-	// sleep: wait in the kernel before the syscall; armed: ep watches the
-	// socket for o.
-	sleep, armed bool
-	ctl, del     func(uintptr)
-	arm          func(uintptr) bool
-}
-
-// do makes o's syscall, waiting while it would block, first in the kernel if
-// inKernel is set. It returns the wait's error, net.ErrClosed or
-// os.ErrDeadlineExceeded, or else the syscall's.
-func (o *op) do(inKernel bool) error {
-	s := o.s
+// do makes dir's syscall, waiting while it would block, first in the kernel
+// if inKernel is set. It returns the wait's error, net.ErrClosed or
+// os.ErrDeadlineExceeded, or else the syscall's results.
+func (s *socket) do(dir int, head, p, oob []byte, inKernel bool) (n, oobn, flags int, err error) {
 	for {
 		switch {
-		case s.closed.Load() || o.dir == writing && s.wshut.Load():
-			return net.ErrClosed
-		case s.left(o.dir) <= 0:
-			return os.ErrDeadlineExceeded
+		case s.closed.Load() || dir == writing && s.wshut.Load():
+			return 0, 0, 0, net.ErrClosed
+		case s.left(dir) <= 0:
+			return 0, 0, 0, os.ErrDeadlineExceeded
 		}
-		o.sleep = inKernel && s.kmu.TryLock()
-		o.err = net.ErrClosed // unless the callback runs: ep is closed
-		s.rc.Control(o.ctl)
-		if o.sleep {
+		sleep := inKernel && s.kmu.TryLock()
+		err = s.use(func(fd int) (err error) {
+			if sleep {
+				s.kernelWait(dir)
+			}
+			n, oobn, flags, err = msg(dir, fd, head, p, oob)
+			return err
+		})
+		if sleep {
 			s.kmu.Unlock()
 		}
-		if o.err != unix.EAGAIN {
-			return o.err
+		if err != unix.EAGAIN {
+			return n, oobn, flags, err
 		}
 		// In the poller, unless the other direction waits there, or
 		// epoll_ctl failed (ENOSPC, ENOMEM): then in the kernel, a
 		// kernelWait at a time.
-		inKernel = !s.pmu.TryLock() || !s.pollWait(o)
+		inKernel = !s.pmu.TryLock() || !s.pollWait(dir)
 	}
 }
 
@@ -203,77 +186,53 @@ func (s *socket) left(dir int) time.Duration {
 	return max(min(time.Until(s.dl[dir]), s.kmax), 0)
 }
 
-// control runs in a RawConn callback: a wait in the kernel if o.sleep is
-// set, then the syscall.
-func (o *op) control(uintptr) {
-	s := o.s
-	if o.sleep {
-		ev := [2]int16{unix.POLLIN | unix.POLLRDHUP, unix.POLLOUT}[o.dir]
-		pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
-		// Looked at with kmu held: a later Close or deadline writes efd.
-		// ppoll writes the time left back into ts: after a signal
-		// (EINTR), the next call waits for the rest.
-		ts := unix.NsecToTimespec(int64(s.left(o.dir)))
-		for ts != (unix.Timespec{}) && !s.closed.Load() {
-			if _, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); e != unix.EINTR {
-				break
-			}
-		}
-		if pfd[1].Revents != 0 {
-			var b [8]byte
-			unix.Read(s.efd, b[:])
+// kernelWait waits in ppoll until the socket is ready for dir, efd is
+// written or s.left(dir) has passed. The caller holds kmu: a Close or
+// deadline change after it took kmu writes efd.
+func (s *socket) kernelWait(dir int) {
+	ev := [2]int16{unix.POLLIN | unix.POLLRDHUP, unix.POLLOUT}[dir]
+	pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
+	// ppoll writes the time left back into ts: after a signal (EINTR), the
+	// next call waits for the rest.
+	ts := unix.NsecToTimespec(int64(s.left(dir)))
+	for ts != (unix.Timespec{}) && !s.closed.Load() {
+		if _, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd[0])), 2, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); e != unix.EINTR {
+			break
 		}
 	}
-	if o.dir == writing {
-		// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
-		o.n, _, _, o.err = msg(unix.SYS_SENDMSG, s.fd, o.head, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		if o.err == unix.ECONNRESET {
-			// A peer that closed with our data unread: the next sendmsg
-			// says ECONNRESET, the one after EPIPE. Both mean it is gone.
-			o.err = errPeerReset{}
-		}
-		return
-	}
-	// A SEQPACKET peer that closed with our data unread makes recvmsg fail
-	// once with ECONNRESET, before the datagrams it had sent us.
-	for o.err = unix.ECONNRESET; o.err == unix.ECONNRESET; {
-		o.n, o.oobn, o.flags, o.err = msg(unix.SYS_RECVMSG, s.fd, nil, o.p, o.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-	}
-	if o.err == nil && o.n == 0 && o.oobn == 0 && peerGone(s.fd) {
-		o.err = io.EOF
+	if pfd[1].Revents != 0 {
+		var b [8]byte
+		unix.Read(s.efd, b[:])
 	}
 }
 
-// pollWait waits in the runtime poller until the socket is ready for o, its
-// deadline passes or s is closed, and unlocks s.pmu, which the caller
+// pollWait waits in the runtime poller until the socket is ready for dir,
+// its deadline passes or s is closed, and unlocks s.pmu, which the caller
 // holds. It returns whether ep could watch the socket. The caller looks
 // again.
-func (s *socket) pollWait(o *op) bool {
+func (s *socket) pollWait(dir int) bool {
 	defer s.pmu.Unlock()
 	s.dmu.Lock()
-	s.ep.SetReadDeadline(s.dl[o.dir])
+	s.ep.SetReadDeadline(s.dl[dir])
 	s.dmu.Unlock()
-	o.armed = false
-	if s.rc.Read(o.arm); o.armed {
-		s.rc.Control(o.del)
+	s.armed = false
+	if s.rc.Read(s.arm[dir]); s.armed {
+		s.rc.Control(func(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, s.fd, nil) })
 	}
-	return o.armed
+	return s.armed
 }
 
-// pollArm, in ep's RawConn.Read, makes ep watch the socket for o; called
-// again once ep is ready, it ends the wait. Readiness that came since o's
+// pollArm, in ep's RawConn.Read, makes ep watch the socket for dir; called
+// again once ep is ready, it ends the wait. Readiness that came since the
 // syscall makes ep ready at once.
-func (o *op) pollArm(ep uintptr) bool {
-	if !o.armed {
-		ev := unix.EpollEvent{Events: [2]uint32{unix.EPOLLIN | unix.EPOLLRDHUP, unix.EPOLLOUT}[o.dir], Fd: int32(o.s.fd)}
-		o.armed = unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, o.s.fd, &ev) == nil
-		return !o.armed
+func (s *socket) pollArm(dir int, ep uintptr) bool {
+	if !s.armed {
+		ev := unix.EpollEvent{Events: [2]uint32{unix.EPOLLIN | unix.EPOLLRDHUP, unix.EPOLLOUT}[dir], Fd: int32(s.fd)}
+		s.armed = unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, s.fd, &ev) == nil
+		return !s.armed
 	}
 	return true
 }
-
-// pollDel, in a RawConn callback, makes ep stop watching the socket.
-func (o *op) pollDel(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, o.s.fd, nil) }
 
 // setDeadline sets dir's deadline, and makes the calls waiting look again:
 // the one in the poller at a past deadline of ep, the one in the kernel at
@@ -289,14 +248,15 @@ func (s *socket) setDeadline(dir int, t time.Time) error {
 	if s.kmu.TryLock() {
 		s.kmu.Unlock()
 	} else {
-		s.wake()
+		s.use(s.wake)
 	}
 	return nil
 }
 
 // wake ends the wait of the call waiting in the kernel, if any.
-func (s *socket) wake() {
-	s.use(func(int) error { _, err := unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0}); return err })
+func (s *socket) wake(int) error {
+	_, err := unix.Write(s.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	return err
 }
 
 // close closes the socket; calls waiting on it return net.ErrClosed.
@@ -304,18 +264,23 @@ func (s *socket) close() error {
 	if s.closed.Swap(true) {
 		return net.ErrClosed
 	}
-	s.wake()
-	s.ep.Close() // wakes the poller's waiter, and waits for every callback
+	s.wake(0)
+	s.ep.Close() // wakes the poller's waiter
+	s.mu.Lock()  // waits for every use in progress
+	defer s.mu.Unlock()
 	unix.Close(s.efd)
 	return unix.Close(s.fd)
 }
 
-// use runs f on the socket in a callback of ep, so that s.fd stays open; it
-// returns net.ErrClosed once s is closed.
+// use runs f on the socket, which stays open meanwhile; it returns
+// net.ErrClosed once s is closed.
 func (s *socket) use(f func(fd int) error) error {
-	err := net.ErrClosed
-	s.rc.Control(func(uintptr) { err = f(s.fd) })
-	return err
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	return f(s.fd)
 }
 
 // bindAuto binds the socket to an address of the kernel's choosing, in the
@@ -344,27 +309,44 @@ func (s *socket) dup() (dup int, err error) {
 	return dup, err
 }
 
-// msg makes one sendmsg or recvmsg call on the bytes of head then p, and
-// returns the bytes moved and, for recvmsg, the control bytes received and
-// msg_flags. Calls never wait (MSG_DONTWAIT), so they are raw syscalls:
-// skipping the runtime's entersyscall spares a wake-up of its sysmon.
-func msg(trap uintptr, fd int, head, p, oob []byte, flags int) (n, oobn, outflags int, err error) {
+// msg makes dir's sendmsg or recvmsg call on fd, of the bytes of head then
+// p and the control bytes oob, and returns the bytes moved and, for
+// recvmsg, the control bytes received and msg_flags. Calls never wait
+// (MSG_DONTWAIT), so they are raw syscalls: skipping the runtime's
+// entersyscall spares a wake-up of its sysmon.
+func msg(dir, fd int, head, p, oob []byte) (n, oobn, flags int, err error) {
 	var iov [2]unix.Iovec
-	var h unix.Msghdr
+	h := unix.Msghdr{Iov: &iov[0]}
 	for _, b := range [2][]byte{head, p} {
 		if len(b) > 0 {
 			iov[h.Iovlen].Base = &b[0]
 			iov[h.Iovlen].SetLen(len(b))
-			h.Iov, h.Iovlen = &iov[0], h.Iovlen+1
+			h.Iovlen++
 		}
 	}
 	if len(oob) > 0 {
 		h.Control = &oob[0]
 		h.SetControllen(len(oob))
 	}
-	r, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&h)), uintptr(flags))
-	if e != 0 {
+	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
+	trap, fl := uintptr(unix.SYS_SENDMSG), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL
+	if dir == reading {
+		trap, fl = unix.SYS_RECVMSG, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC
+	}
+	// A SEQPACKET peer that closed with our data unread makes recvmsg fail
+	// once with ECONNRESET, before the datagrams it had sent us; sendmsg
+	// too, then EPIPE: both mean it is gone.
+	r, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&h)), uintptr(fl))
+	for dir == reading && e == unix.ECONNRESET {
+		r, _, e = unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&h)), uintptr(fl))
+	}
+	switch {
+	case e == unix.ECONNRESET:
+		return 0, 0, 0, errPeerReset{}
+	case e != 0:
 		return 0, 0, 0, e
+	case dir == reading && r == 0 && h.Controllen == 0 && peerGone(fd):
+		return 0, 0, 0, io.EOF
 	}
 	return int(r), int(h.Controllen), int(h.Flags), nil
 }
