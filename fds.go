@@ -61,8 +61,10 @@ const (
 	// a timestamp, SCM_PIDFD, an SCM_SECURITY label.
 	oobExtra = 512
 	// kernelWait bounds one wait in the kernel: past it a call holds no
-	// thread.
-	kernelWait = 2 * time.Millisecond
+	// thread. Longer than a scheduler tick at 250 Hz or more, so that its
+	// timer is rarely the CPU's next event, which would cost a VM exit to
+	// program (BENCHMARKS.md: 2 ms measured slower than 5 ms on a busy VM).
+	kernelWait = 5 * time.Millisecond
 )
 
 // The two directions of a socket.
@@ -157,7 +159,7 @@ func (s *socket) do(dir int, head, p, oob []byte, inKernel bool) (n, oobn, flags
 		sleep := inKernel && s.kmu.TryLock()
 		err = s.use(func(fd int) (err error) {
 			if sleep {
-				s.kernelWait(dir)
+				s.waitKernel(dir)
 			}
 			n, oobn, flags, err = msg(dir, fd, head, p, oob)
 			return err
@@ -186,10 +188,10 @@ func (s *socket) left(dir int) time.Duration {
 	return max(min(time.Until(s.dl[dir]), s.kmax), 0)
 }
 
-// kernelWait waits in ppoll until the socket is ready for dir, efd is
+// waitKernel waits in ppoll until the socket is ready for dir, efd is
 // written or s.left(dir) has passed. The caller holds kmu: a Close or
 // deadline change after it took kmu writes efd.
-func (s *socket) kernelWait(dir int) {
+func (s *socket) waitKernel(dir int) {
 	ev := [2]int16{unix.POLLIN | unix.POLLRDHUP, unix.POLLOUT}[dir]
 	pfd := [2]unix.PollFd{{Fd: int32(s.fd), Events: ev}, {Fd: int32(s.efd), Events: unix.POLLIN}}
 	// ppoll writes the time left back into ts: after a signal (EINTR), the
