@@ -327,7 +327,9 @@ func rights(files []*os.File) ([]byte, error) {
 // an earlier request, as with a [net.Conn].
 //
 // Errors: [io.EOF] when the peer is gone at a message boundary, after every
-// message it sent has been received; [io.ErrUnexpectedEOF] when it went in
+// message it sent has been received (for a child that exited without
+// running its function, an error matching io.EOF that says so: see
+// [Start]); [io.ErrUnexpectedEOF] when it went in
 // the middle of one. An encoding/json error when the JSON does not decode
 // into v; the message is consumed and the Conn stays usable. If the message
 // carried files, Recv closes them and returns an error; use RecvWithFds. A

@@ -144,6 +144,12 @@ func reexec(cmd *exec.Cmd, name string) *exec.Cmd {
 // copy of the child's end before returning, so that [Conn.Recv] returns
 // [io.EOF] once the child exits.
 //
+// If the child exits without having run its function (its main did not
+// call Dispatch first, or registered the name after Dispatch instead of in
+// an init function), the Conn's Recv and Send say so instead: their error
+// names Dispatch and init, and still matches io.EOF or [syscall.EPIPE].
+// A child killed before it ran its function gives the bare io.EOF.
+//
 // The returned Conn is the caller's to close, and cmd the caller's to wait
 // for. Close it first, then call cmd.Wait: the child's Recv then returns
 // io.EOF, which tells a child serving requests to return. Waiting first
