@@ -46,7 +46,11 @@ func Register(name string, main func(c *Conn) error) {
 // Dispatch must be the first thing main (or TestMain) does. In a child
 // started by [Start] (GO_CHANNEL_REEXEC_FD is set) it runs the function
 // registered for the child's name with the child's end of the channel, and
-// exits. In any other process Dispatch returns at once.
+// exits. In any other process Dispatch returns at once. Before it runs the
+// function, Dispatch binds the child's end to an abstract address of the
+// kernel's choosing (it is not listening: nobody can connect to it), by
+// which the parent tells a child that ran its function from one that
+// never did (see [Start]).
 //
 // The child's exit status says how it ended:
 //   - 0: the function returned nil;
