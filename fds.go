@@ -70,27 +70,30 @@ const (
 // The two directions of a socket.
 const reading, writing = 0, 1
 
-// A socket is fd, with efd and ep (see the file comment), and rc, ep's
-// RawConn. sndbuf is SO_SNDBUF when the socket was adopted; oob, the
-// control buffer of recvmsg. wshut says that the sending side is shut down.
-// kmu is held by the call that waits in the kernel, or is about to; pmu by
-// the call that waits in the poller, for which ep watches the socket once
-// armed. arm holds each direction's pollArm, bound once, so that a wait
-// allocates nothing. kmax is kernelWait, which tests lengthen to find a
-// call there. dmu guards dl, the deadline of each direction (zero: none),
-// and orders their changes with the start of a wait in the poller.
+// A socket is fd, with efd and ep (see the file comment).
 type socket struct {
-	fd, efd, sndbuf int
-	oob             []byte
-	ep              *os.File
-	rc              syscall.RawConn
-	mu              sync.RWMutex
-	closed, wshut   atomic.Bool
-	kmu, pmu, dmu   sync.Mutex
-	armed           bool
-	arm             [2]func(uintptr) bool
-	kmax            time.Duration
-	dl              [2]time.Time
+	fd, efd       int
+	sndbuf        int    // SO_SNDBUF when the socket was adopted
+	oob           []byte // recvmsg's control buffer
+	ep            *os.File
+	rc            syscall.RawConn       // ep's
+	closed, wshut atomic.Bool           // wshut: the sending side is shut down
+	kmax          time.Duration         // kernelWait; tests lengthen it to find a call there
+	arm           [2]func(uintptr) bool // each direction's pollArm, bound once: a wait allocates nothing
+
+	// mu is held for reading by every use of fd and efd, and whole by close.
+	mu sync.RWMutex
+
+	// kmu is held by the call that waits in the kernel, so that it alone drains efd.
+	kmu sync.Mutex
+
+	// pmu is held by the call that waits in the poller; it guards armed.
+	pmu   sync.Mutex
+	armed bool // ep watches the socket
+
+	// dmu guards dl, and orders its changes with the start of a poller wait.
+	dmu sync.Mutex
+	dl  [2]time.Time // each direction's deadline; zero: none
 }
 
 // newSocket returns a socket on fd, which it owns from then on, even on error.
