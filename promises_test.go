@@ -85,24 +85,6 @@ func TestFilesWithLongValue(t *testing.T) {
 	}
 }
 
-// Test254Files: more than 253 files are refused by the package itself,
-// before anything is written, not by the kernel.
-func Test254Files(t *testing.T) {
-	a, b := pair(t)
-	files := make([]*os.File, 254)
-	for i := range files {
-		files[i] = os.Stdin
-	}
-	err := a.SendWithFds("x", files...)
-	if err == nil || errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "253") {
-		t.Fatalf("SendWithFds(254 files) = %v, want the package's own error naming 253", err)
-	}
-	b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	if err := b.Recv(new(any)); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("the peer's Recv() = %v, want nothing sent", err)
-	}
-}
-
 // TestFilesOfBrokenMessagesClosed: the files of a message cut short by the
 // peer's close, or of a malformed one, are closed when the error is
 // returned, not only at Close.
