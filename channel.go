@@ -120,12 +120,9 @@ type Conn struct {
 	ferr, rerr error
 }
 
-const (
-	// minDgram is the smallest datagram Send falls back to on EMSGSIZE.
-	minDgram = 1024
-	// maxKeep bounds the send buffer a Conn keeps between messages.
-	maxKeep = 4 << 20
-)
+// minDgram is the smallest datagram Send falls back to on EMSGSIZE, and
+// maxKeep bounds the send buffer a Conn keeps between messages.
+const minDgram, maxKeep = 1024, 4 << 20
 
 // Pair returns the two ends of a new channel. Each end is close-on-exec.
 func Pair() (c0, c1 *Conn, err error) {
@@ -174,18 +171,17 @@ func FileConn(f *os.File) (*Conn, error) {
 // checkSocket returns a close-on-exec duplicate of s if it is a connected
 // AF_UNIX SOCK_SEQPACKET socket.
 func checkSocket(s int) (int, error) {
-	dom, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	typ, err2 := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
-	_, err3 := unix.Getpeername(s)
-	switch {
-	case err != nil || err2 != nil:
-		return -1, errors.Join(err, err2)
-	case dom != unix.AF_UNIX:
-		return -1, errors.New("not an AF_UNIX socket")
+	typ, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TYPE)
+	peer, err2 := unix.Getpeername(s) // ENOTCONN if not connected
+	switch _, isUnix := peer.(*unix.SockaddrUnix); {
+	case err != nil:
+		return -1, err
 	case typ != unix.SOCK_SEQPACKET:
 		return -1, errors.New(`not a SOCK_SEQPACKET socket: listen and dial with "unixpacket"`)
-	case err3 != nil:
-		return -1, err3
+	case err2 != nil:
+		return -1, err2
+	case !isUnix:
+		return -1, errors.New("not an AF_UNIX socket")
 	}
 	fd, err := unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0)
 	return fd, os.NewSyscallError("fcntl", err)
@@ -245,9 +241,6 @@ func (c *Conn) Send(v any) error {
 // calls their Fd method, and it keeps them alive until the kernel has them.
 // The peer receives duplicates, in order, from RecvWithFds.
 func (c *Conn) SendWithFds(v any, files ...*os.File) error {
-	if len(files) > maxFds {
-		return fmt.Errorf("channel: %d files are more than the %d one message may carry", len(files), maxFds)
-	}
 	return c.explain(c.send(v, files))
 }
 
@@ -305,6 +298,8 @@ func (c *Conn) send(v any, files []*os.File) error {
 func rights(files []*os.File) ([]byte, error) {
 	if len(files) == 0 {
 		return nil, nil
+	} else if len(files) > maxFds {
+		return nil, fmt.Errorf("channel: %d files are more than the %d one message may carry", len(files), maxFds)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {
@@ -387,12 +382,12 @@ func (c *Conn) recv(v any, wantFds bool) ([]*os.File, error) {
 			err = fmt.Errorf("channel: %w", err)
 		}
 	}
-	if err != nil || len(fds) == 0 {
+	if err != nil {
 		return nil, err
 	}
-	files := make([]*os.File, len(fds))
-	for i, fd := range fds {
-		files[i] = os.NewFile(uintptr(fd), "channel-fd")
+	var files []*os.File // nil when the message carried none
+	for _, fd := range fds {
+		files = append(files, os.NewFile(uintptr(fd), "channel-fd"))
 	}
 	fds = nil
 	return files, nil
@@ -480,9 +475,7 @@ func (c *Conn) drop() {
 // A deadline moved while a call is blocked takes effect at once; the zero
 // time means none.
 func (c *Conn) SetDeadline(t time.Time) error {
-	if err := c.SetReadDeadline(t); err != nil {
-		return err
-	}
+	c.SetReadDeadline(t) // fails only once c is closed, as the write half then does
 	return c.SetWriteDeadline(t)
 }
 

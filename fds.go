@@ -76,10 +76,9 @@ type socket struct {
 	sndbuf        int    // SO_SNDBUF when the socket was adopted
 	oob           []byte // recvmsg's control buffer
 	ep            *os.File
-	rc            syscall.RawConn       // ep's
-	closed, wshut atomic.Bool           // wshut: the sending side is shut down
-	kmax          time.Duration         // kernelWait; tests lengthen it to find a call there
-	arm           [2]func(uintptr) bool // each direction's pollArm, bound once: a wait allocates nothing
+	rc            syscall.RawConn // ep's
+	closed, wshut atomic.Bool     // wshut: the sending side is shut down
+	kmax          time.Duration   // kernelWait; tests lengthen it to find a call there
 
 	// mu is held for reading by every use of fd and efd, and whole by close.
 	mu sync.RWMutex
@@ -87,9 +86,8 @@ type socket struct {
 	// kmu is held by the call that waits in the kernel, so that it alone drains efd.
 	kmu sync.Mutex
 
-	// pmu is held by the call that waits in the poller; it guards armed.
-	pmu   sync.Mutex
-	armed bool // ep watches the socket
+	// pmu is held by the call that waits in the poller.
+	pmu sync.Mutex
 
 	// dmu guards dl, and orders its changes with the start of a poller wait.
 	dmu sync.Mutex
@@ -108,9 +106,6 @@ func newSocket(fd int) (*socket, error) {
 	unix.SetNonblock(ep, true) // our own description: for the runtime poller
 	s := &socket{fd: fd, efd: efd, sndbuf: sndbuf, oob: make([]byte, unix.CmsgSpace(maxFds*4)+oobExtra), ep: os.NewFile(uintptr(ep), "channel-epoll"), kmax: kernelWait}
 	s.rc, _ = s.ep.SyscallConn()
-	for dir := range s.arm {
-		s.arm[dir] = func(ep uintptr) bool { return s.pollArm(dir, ep) }
-	}
 	return s, nil
 }
 
@@ -130,23 +125,13 @@ func (s *socket) send(head, p, oob []byte) error {
 	return wrap("sendmsg", err)
 }
 
-// wrap names the call in err.
+// wrap names the call in err; an os.SyscallError also tells a timeout.
 func wrap(name string, err error) error {
-	switch err {
-	case nil, io.EOF:
+	if err == nil || err == io.EOF {
 		return err
-	case net.ErrClosed, os.ErrDeadlineExceeded:
-		return fmt.Errorf("channel: %s: %w", name, err)
 	}
 	return fmt.Errorf("channel: %w", os.NewSyscallError(name, err))
 }
-
-// errPeerReset is sendmsg's ECONNRESET, which also matches syscall.EPIPE.
-type errPeerReset struct{}
-
-func (errPeerReset) Error() string { return unix.ECONNRESET.Error() }
-
-func (errPeerReset) Is(target error) bool { return target == unix.EPIPE || target == unix.ECONNRESET }
 
 // do makes dir's syscall, waiting while it would block, first in the kernel
 // if inKernel is set. It returns the wait's error, net.ErrClosed or
@@ -215,28 +200,26 @@ func (s *socket) waitKernel(dir int) {
 // its deadline passes or s is closed, and unlocks s.pmu, which the caller
 // holds. It returns whether ep could watch the socket. The caller looks
 // again.
-func (s *socket) pollWait(dir int) bool {
+func (s *socket) pollWait(dir int) (armed bool) {
 	defer s.pmu.Unlock()
 	s.dmu.Lock()
 	s.ep.SetReadDeadline(s.dl[dir])
 	s.dmu.Unlock()
-	s.armed = false
-	if s.rc.Read(s.arm[dir]); s.armed {
+	// Read calls f, and again each time ep is ready, until f returns true:
+	// first f makes ep watch the socket for dir (readiness that came since
+	// the syscall makes ep ready at once), then it ends the wait.
+	s.rc.Read(func(ep uintptr) bool {
+		if !armed {
+			ev := unix.EpollEvent{Events: [2]uint32{unix.EPOLLIN | unix.EPOLLRDHUP, unix.EPOLLOUT}[dir], Fd: int32(s.fd)}
+			armed = unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, s.fd, &ev) == nil
+			return !armed
+		}
+		return true
+	})
+	if armed {
 		s.rc.Control(func(ep uintptr) { unix.EpollCtl(int(ep), unix.EPOLL_CTL_DEL, s.fd, nil) })
 	}
-	return s.armed
-}
-
-// pollArm, in ep's RawConn.Read, makes ep watch the socket for dir; called
-// again once ep is ready, it ends the wait. Readiness that came since the
-// syscall makes ep ready at once.
-func (s *socket) pollArm(dir int, ep uintptr) bool {
-	if !s.armed {
-		ev := unix.EpollEvent{Events: [2]uint32{unix.EPOLLIN | unix.EPOLLRDHUP, unix.EPOLLOUT}[dir], Fd: int32(s.fd)}
-		s.armed = unix.EpollCtl(int(ep), unix.EPOLL_CTL_ADD, s.fd, &ev) == nil
-		return !s.armed
-	}
-	return true
+	return armed
 }
 
 // setDeadline sets dir's deadline, and makes the calls waiting look again:
@@ -305,7 +288,7 @@ func (s *socket) peerBound() bool {
 // shutdownWrite shuts down the socket's sending side.
 func (s *socket) shutdownWrite() error {
 	s.wshut.Store(true)
-	return s.use(func(fd int) error { return os.NewSyscallError("shutdown", unix.Shutdown(fd, unix.SHUT_WR)) })
+	return s.use(func(fd int) error { return unix.Shutdown(fd, unix.SHUT_WR) })
 }
 
 // dup returns a close-on-exec duplicate of the socket.
@@ -320,24 +303,15 @@ func (s *socket) dup() (dup int, err error) {
 // (MSG_DONTWAIT), so they are raw syscalls: skipping the runtime's
 // entersyscall spares a wake-up of its sysmon.
 func msg(dir, fd int, head, p, oob []byte) (n, oobn, flags int, err error) {
-	var iov [2]unix.Iovec
-	h := unix.Msghdr{Iov: &iov[0]}
-	for _, b := range [2][]byte{head, p} {
-		if len(b) > 0 {
-			iov[h.Iovlen].Base = &b[0]
-			iov[h.Iovlen].SetLen(len(b))
-			h.Iovlen++
-		}
-	}
-	if len(oob) > 0 {
-		h.Control = &oob[0]
-		h.SetControllen(len(oob))
-	}
+	// The kernel skips empty buffers; SliceData is nil for nil ones.
+	iov := [2]unix.Iovec{{Base: unsafe.SliceData(head)}, {Base: unsafe.SliceData(p)}}
+	iov[0].SetLen(len(head))
+	iov[1].SetLen(len(p))
+	h := unix.Msghdr{Iov: &iov[0], Iovlen: 2, Control: unsafe.SliceData(oob)}
+	h.SetControllen(len(oob))
 	// MSG_NOSIGNAL: a cgo host may not ignore SIGPIPE as Go does.
-	trap, fl := uintptr(unix.SYS_SENDMSG), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL
-	if dir == reading {
-		trap, fl = unix.SYS_RECVMSG, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC
-	}
+	trap := [2]uintptr{unix.SYS_RECVMSG, unix.SYS_SENDMSG}[dir]
+	fl := unix.MSG_DONTWAIT | [2]int{unix.MSG_CMSG_CLOEXEC, unix.MSG_NOSIGNAL}[dir]
 	// A SEQPACKET peer that closed with our data unread makes recvmsg fail
 	// once with ECONNRESET, before the datagrams it had sent us; sendmsg
 	// too, then EPIPE: both mean it is gone.
@@ -347,7 +321,7 @@ func msg(dir, fd int, head, p, oob []byte) (n, oobn, flags int, err error) {
 	}
 	switch {
 	case e == unix.ECONNRESET:
-		return 0, 0, 0, errPeerReset{}
+		return 0, 0, 0, fmt.Errorf("%w (%w)", e, unix.EPIPE)
 	case e != 0:
 		return 0, 0, 0, e
 	case dir == reading && r == 0 && h.Controllen == 0 && peerGone(fd):

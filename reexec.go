@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,8 +66,7 @@ func Dispatch() {
 	}
 	os.Unsetenv(envFd)
 	name := os.Args[0]
-	m, _ := children.Load(name)
-	main, _ := m.(func(*Conn) error)
+	main, _ := children.Load(name)
 	fd, err := strconv.Atoi(v)
 	var c *Conn
 	switch {
@@ -90,8 +88,8 @@ func Dispatch() {
 		os.Exit(exitNoStart)
 	}
 	c.s.bindAuto() // tells the parent that the function ran: see explain
-	err = main(c)
-	c.Close()
+	err = main.(func(*Conn) error)(c)
+	c.Close() // and c stays open till then, even if main drops it
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
@@ -214,17 +212,13 @@ func (c *Conn) explain(err error) error {
 // does not reap the child: cmd.Wait still does, and once it has, exited
 // says false.
 func exited(pid int) bool {
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return false
 	}
-	f := os.NewFile(uintptr(fd), "pidfd")
-	defer f.Close()
-	f.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	rc, _ := f.SyscallConn()
+	defer unix.Close(fd)
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 100) // readable once it has ended
 	var info unix.Siginfo
-	rc.Read(func(fd uintptr) bool {
-		return unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT, nil) != unix.EAGAIN
-	})
+	unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 	return info.Code == 1 // CLD_EXITED
 }
