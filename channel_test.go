@@ -966,11 +966,19 @@ func TestFileConn(t *testing.T) {
 			unix.Close(keep)
 			unix.Close(stream[1])
 		}()
+		udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Connect(udp, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
 		r, w, _ := os.Pipe()
 		for name, f := range map[string]*os.File{
-			"stream":      os.NewFile(uintptr(stream[0]), "stream"),
-			"unconnected": os.NewFile(uintptr(lone), "lone"),
-			"pipe":        r,
+			"stream":        os.NewFile(uintptr(stream[0]), "stream"),
+			"unconnected":   os.NewFile(uintptr(lone), "lone"),
+			"pipe":          r,
+			"connected udp": os.NewFile(uintptr(udp), "udp"),
 		} {
 			if c, err := FileConn(f); err == nil {
 				c.Close()
