@@ -143,6 +143,16 @@ func fdCount(testing.TB) int {
 	return n
 }
 
+// pipe returns a pipe, closed when the test ends.
+func pipe(t testing.TB) (r, w *os.File) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return r, w
+}
+
 // fdNames lists what this process's descriptors are, for a failure message.
 func fdNames(t testing.TB) []string {
 	ents, _ := os.ReadDir("/proc/self/fd")
@@ -466,12 +476,7 @@ func TestMalformedFrames(t *testing.T) {
 func TestFdsOnContinuation(t *testing.T) {
 	checkFds(t)
 	c, peer := rawPair(t)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+	r, _ := pipe(t)
 	rawSend(t, peer, frame(4, `"x`))
 	rawSend(t, peer, []byte(`y"`), int(r.Fd()))
 	var v any
@@ -564,12 +569,7 @@ func TestFds(t *testing.T) {
 // the sent pipe stays non-blocking, so a deadline on it still works.
 func TestSentFileStaysNonblocking(t *testing.T) {
 	a, b := pair(t)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+	r, w := pipe(t)
 	if err := a.SendWithFds(nil, r, w); err != nil {
 		t.Fatal(err)
 	}

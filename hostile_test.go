@@ -492,12 +492,7 @@ func FuzzConn(f *testing.F) {
 	f.Add([]byte("\x02\x01\x00\x00"))
 	f.Add([]byte("\x0b\x02\x00\x00\x00\x00\x00\x00\x00[]\x80"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		defer w.Close()
+		_, w := pipe(t)
 		before := fdCount(t)
 		c, peer := rawPair(t)
 		wfd := rawFd(t, w)

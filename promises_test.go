@@ -55,12 +55,7 @@ func TestSendPastDeadline(t *testing.T) {
 func TestFilesWithLongValue(t *testing.T) {
 	checkFds(t)
 	a, b := pair(t)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+	r, w := pipe(t)
 	v := jsonString(3*a.dgram + 100)
 	sent := result(func() error { return a.SendWithFds(v, w, r) })
 	b.SetReadDeadline(time.Now().Add(10 * time.Second))

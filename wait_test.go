@@ -44,12 +44,7 @@ func inKernelWait(t *testing.T, c *Conn) <-chan error {
 // TestNoSignals: Close and moved deadlines, while a Recv waits in the
 // kernel, make no call elsewhere in the program fail with EINTR.
 func TestNoSignals(t *testing.T) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+	r, w := pipe(t)
 	rc, _ := r.SyscallConn()
 	eintr := make(chan int, 1)
 	go func() {
